@@ -1,0 +1,178 @@
+"""The command line: parses arguments, then calls one engine function per command.
+
+User errors (:class:`CnnTrainError`) print one line on stderr and exit with code 2;
+``--debug`` shows their traceback too.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from cnntrain.errors import CnnTrainError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, evaluate and ensemble the classic CNNs the way their papers did.")
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for user errors.")) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def fit(
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name (see `cnntrain recipes`) or .toml path."),
+    data: Optional[str] = typer.Option(None, "--data", help="CIFAR root, ImageNet-style root, 'digits' or 'synthetic'."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/RECIPE)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Train this many epochs (clears train.iterations)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sets optim.batch_size."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Sets optim.lr."),
+    set_: List[str] = typer.Option([], "--set", help="Override a recipe key: --set optim.lr=0.05 (repeatable)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (one per GPU)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading processes (default: from the cores)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sets train.seed."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="'auto' (OUT/last.pt if present) or a checkpoint path."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the tqdm bar."),
+) -> None:
+    """Train a recipe; writes recipe.toml, last.pt, best.pt, metrics.jsonl and TensorBoard logs."""
+    from cnntrain.engine.train import FitOptions
+    from cnntrain.engine.train import fit as run_fit
+    from cnntrain.recipe import load_recipe
+
+    overrides = list(set_)
+    if batch_size is not None:
+        overrides.append(f"optim.batch_size={batch_size}")
+    if lr is not None:
+        overrides.append(f"optim.lr={lr}")
+    if seed is not None:
+        overrides.append(f"train.seed={seed}")
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    r = load_recipe(recipe, overrides)
+    if epochs is not None:
+        r.train.iterations = None
+    if nproc != 1:
+        raise CnnTrainError("--nproc other than 1 needs the distributed engine, which this version lacks; "
+                            "run one process")
+    opts = FitOptions(out=out or Path("runs") / r.name, data=data, device=device, workers=workers,
+                      resume=resume, progress=progress)
+    run_fit(r, opts)
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: str = typer.Argument(..., help="A best.pt or last.pt."),
+    data: Optional[str] = typer.Option(None, "--data", help="Default: the data the checkpoint was trained on."),
+    split: str = typer.Option("val", "--split", help="val or train."),
+    topk: Optional[int] = typer.Option(None, "--topk", help="Also report top-K accuracy (default: the recipe's)."),
+    crops: Optional[int] = typer.Option(None, "--crops", help="1 (centre) or 10 (corners, centre and flips)."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write top1, topK, loss, samples to this file."),
+    device: str = typer.Option("auto", "--device"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+) -> None:
+    """Top-1 and top-K accuracy, loss and sample count of a checkpoint."""
+    from cnntrain.engine.evaluate import eval_checkpoint, write_json
+
+    if split not in ("val", "train"):
+        raise CnnTrainError(f"--split {split!r}: use val or train")
+    if crops not in (None, 1, 10):
+        raise CnnTrainError(f"--crops {crops}: use 1 or 10")
+    if topk is not None and topk < 1:
+        raise CnnTrainError("--topk must be at least 1")
+    result = eval_checkpoint(checkpoint, data, split, topk, crops, device, workers, batch_size)
+    write_json(result, json_out)
+
+
+@app.command()
+def ensemble(
+    checkpoints: List[str] = typer.Argument(..., help="Two or more checkpoints."),
+    data: Optional[str] = typer.Option(None, "--data"),
+    topk: int = typer.Option(5, "--topk"),
+    combine: str = typer.Option("prob", "--combine", help="prob (average softmax) or logit."),
+    crops: int = typer.Option(1, "--crops", help="1 or 10."),
+    json_out: Optional[str] = typer.Option(None, "--json"),
+    device: str = typer.Option("auto", "--device"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+) -> None:
+    """Each member's and the ensemble's top-1/top-K, reading the data once."""
+    from cnntrain.engine.evaluate import ensemble_checkpoints, write_json
+
+    if crops not in (1, 10):
+        raise CnnTrainError(f"--crops {crops}: use 1 or 10")
+    if topk < 1:
+        raise CnnTrainError("--topk must be at least 1")
+    result = ensemble_checkpoints(checkpoints, data, topk, combine, device, workers, batch_size, crops)
+    write_json(result, json_out)
+
+
+@app.command()
+def recipes(
+    name: Optional[str] = typer.Argument(None, help="Show this recipe fully resolved."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List the paper recipes, or show one resolved."""
+    from cnntrain.recipe import load_recipe, recipe_names
+
+    if name:
+        r = load_recipe(name)
+        typer.echo(json.dumps(r.to_dict(), indent=2) if as_json else r.to_toml().rstrip())
+        return
+    rows = []
+    for n in recipe_names():
+        r = load_recipe(n)
+        length = f"{r.train.epochs} ep" if r.train.epochs else f"{r.train.iterations} it"
+        rows.append({"name": n, "arch": r.model.arch, "dataset": r.data.dataset, "length": length,
+                     "epochs": r.train.epochs, "iterations": r.train.iterations,
+                     "reported": dict(r.paper.reported), "protocol": r.paper.protocol, "cite": r.paper.cite})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(f"{'recipe':<18}{'model':<12}{'dataset':<11}{'length':<10}paper's reported error")
+    for row in rows:
+        err = ", ".join(f"{k} {v:g}%" for k, v in row["reported"].items()) or "-"
+        typer.echo(f"{row['name']:<18}{row['arch']:<12}{row['dataset']:<11}{row['length']:<10}{err}")
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List the architectures with their paper and parameter count."""
+    import torch
+
+    from cnntrain.models import build_model, list_models, model_info
+
+    rows = []
+    for name in list_models():
+        info = model_info(name)
+        classes = 10 if info.input_size <= 32 else 1000
+        with torch.device("meta"):
+            params = sum(p.numel() for p in build_model(name, num_classes=classes).parameters())
+        rows.append({"name": name, "family": info.family, "year": info.year, "input": info.input_size,
+                     "classes": classes, "params": params, "paper": info.paper})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(f"{'model':<14}{'year':<6}{'input':<7}{'params':>12}  paper")
+    for r in rows:
+        typer.echo(f"{r['name']:<14}{r['year']:<6}{r['input']:<7}{r['params']:>12,}  {r['paper']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        app(args=argv, prog_name="cnntrain")
+    except CnnTrainError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,127 @@
+"""ImageNet-style folders: ``ROOT/train/CLASS/*`` and ``ROOT/val/CLASS/*``.
+
+The class list is the sorted names of ``train/``'s sub-folders; ``val/`` must not hold a
+class that ``train/`` lacks. Every non-hidden file is a sample: JPEG, PNG, GIF and WebP
+decode with libjpeg-turbo/libpng through ``torchvision.io``, anything else through
+Pillow; CMYK, grey, palette, RGBA and 16-bit images all come out as 8-bit RGB. A file
+that cannot be decoded becomes a :class:`Skipped` marker that the loader counts and
+reports instead of crashing a worker.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image
+
+from cnntrain.errors import CnnTrainError
+
+_NATIVE = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"RIFF")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A sample that could not be read."""
+
+    path: str
+    reason: str
+
+
+def list_classes(split_dir: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+
+
+def scan_split(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
+    samples: list[tuple[str, int]] = []
+    for index, name in enumerate(classes):
+        class_dir = split_dir / name
+        if not class_dir.is_dir():
+            continue
+        found = []
+        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            found += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
+        if not found:
+            raise CnnTrainError(
+                f"class folder {class_dir} is empty; put its images there or remove the folder"
+            )
+        samples += [(path, index) for path in found]
+    return samples
+
+
+def read_image(path: str) -> torch.Tensor:
+    """Decode any image file to uint8 RGB (3, H, W); raises on unreadable data."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    if not raw:
+        raise ValueError("empty file")
+    if raw[:4].startswith(_NATIVE):
+        try:
+            img = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            if img.dtype == torch.uint16:
+                img = (img.to(torch.int32) >> 8).to(torch.uint8)
+            return img
+        except RuntimeError:
+            pass  # let Pillow try; it reports truncation and odd variants clearly
+    return _read_with_pil(raw)
+
+
+def _read_with_pil(raw: bytes) -> torch.Tensor:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(raw)) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.int64)
+            scale = 65535 if arr.max() > 255 else 255
+            grey = (arr * 255 // scale).astype(np.uint8)
+            return torch.from_numpy(np.repeat(grey[None], 3, axis=0).copy())
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            # Composite on white (what a viewer shows) rather than dropping alpha to black.
+            im = im.convert("RGBA")
+            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(background, im)
+        rgb = im.convert("RGB")
+        return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy())
+
+
+class ImageFolderDataset(Dataset):
+    def __init__(self, samples: list[tuple[str, int]], transform=None) -> None:
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            img = read_image(path)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file, not a crash
+            return Skipped(path, f"{type(exc).__name__}: {exc}"), label
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, label
+
+
+def load_folder(root: Path) -> dict:
+    """{'classes': [...], 'train': samples, 'val': samples} for an ImageNet-style root."""
+    train_dir, val_dir = root / "train", root / "val"
+    classes = list_classes(train_dir)
+    if not classes:
+        raise CnnTrainError(f"{train_dir} holds no class folders; expected {train_dir}/CLASS/IMAGE files")
+    out = {"classes": classes, "train": scan_split(train_dir, classes), "val": []}
+    if val_dir.is_dir():
+        extra = sorted(set(list_classes(val_dir)) - set(classes))
+        if extra:
+            raise CnnTrainError(
+                f"{val_dir} has classes that {train_dir} lacks: {', '.join(extra[:5])}"
+                f"{' ...' if len(extra) > 5 else ''}; val/ and train/ must share their class folders"
+            )
+        out["val"] = scan_split(val_dir, classes)
+    return out

@@ -1,0 +1,102 @@
+"""Device choice, mixed precision and channels_last policy, seeding and RNG state.
+
+On CUDA, ``auto`` turns on bf16 autocast (fp16 with a grad scaler where bf16 is not
+supported) and channels_last; on CPU both stay off. The training step is the same code
+either way: autocast and the scaler are simply disabled.
+"""
+from __future__ import annotations
+
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cnntrain.errors import CnnTrainError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CnnTrainError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CnnTrainError(f"--device {name}: CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CnnTrainError(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here"
+            )
+    elif device.type != "cpu":
+        raise CnnTrainError(f"--device {name}: cnntrain runs on cpu or cuda")
+    return device
+
+
+@dataclass
+class Precision:
+    amp_dtype: torch.dtype | None  # None: full fp32
+    channels_last: bool
+
+    @property
+    def scaler_needed(self) -> bool:
+        return self.amp_dtype == torch.float16
+
+    def autocast(self, device: torch.device):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.amp_dtype)
+
+    def describe(self) -> str:
+        amp = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.amp_dtype]
+        return f"{amp}{', channels_last' if self.channels_last else ''}"
+
+
+def choose_precision(device: torch.device, amp: str, channels_last: str) -> Precision:
+    cuda = device.type == "cuda"
+    if amp == "auto":
+        dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
+    elif amp == "off":
+        dtype = None
+    elif amp == "fp16" and not cuda:
+        raise CnnTrainError("train.amp = \"fp16\" needs CUDA; use \"bf16\" or \"off\" on CPU")
+    else:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    cl = cuda if channels_last == "auto" else channels_last == "on"
+    return Precision(dtype, cl)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def rng_state() -> dict:
+    """Every global RNG state, as tensors and plain values (safe for weights_only loads)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]) + [random.getstate()[0]],
+        "python_gauss": random.getstate()[2],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[-1], tuple(py[:-1]), state["python_gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,186 @@
+"""Evaluation and ensembling: ``cnntrain eval`` and ``cnntrain ensemble``.
+
+One pass over the data serves every member of an ensemble. Multi-crop evaluation
+averages the softmax probabilities of the views (Krizhevsky et al. 2012: 10 crops);
+an ensemble averages its members' probabilities (default) or logits.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from cnntrain.data import BatchPrep, DataBundle, build_data, default_workers, make_loader
+from cnntrain.engine.checkpoint import build_from_checkpoint, load_checkpoint
+from cnntrain.engine.device import Precision, choose_precision, resolve_device
+from cnntrain.engine.metrics import Meter
+from cnntrain.errors import CnnTrainError
+from cnntrain.recipe import Recipe, recipe_from_dict
+
+
+def _member_scores(model: nn.Module, x: torch.Tensor, crops: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean logits, mean probabilities) over the crops of each image, in float32."""
+    out = model(x)
+    logits = (out[0] if isinstance(out, (tuple, list)) else out).float()
+    if crops:
+        logits = logits.view(-1, crops, logits.shape[-1])
+        return logits.mean(1), logits.softmax(-1).mean(1)
+    return logits, logits.softmax(-1)
+
+
+@torch.no_grad()
+def evaluate(models: list[nn.Module], loader, preps: list[BatchPrep], device: torch.device,
+             precision: Precision, ks: tuple[int, ...], combine: str | None = None,
+             progress: bool = False) -> tuple[list[Meter], list]:
+    """Meters for each model, plus one for their combination when ``combine`` is given;
+    and the unreadable samples met on the way."""
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
+    meters = [Meter(ks) for _ in models] + ([Meter(ks)] if combine else [])
+    skipped: list = []
+    try:
+        for images, target, bad in tqdm(loader, desc="eval", leave=False, disable=None if progress else True):
+            skipped += bad
+            if images.numel() == 0:
+                continue
+            crops = images.shape[1] if images.ndim == 5 else 0
+            y = target.to(device, non_blocking=True)
+            all_logits, all_probs = [], []
+            for model, prep, meter in zip(models, preps, meters):
+                with precision.autocast(device):
+                    logits, probs = _member_scores(model, prep(images), crops)
+                if crops:
+                    loss = F.nll_loss(probs.clamp_min(1e-12).log(), y).item()
+                    meter.update(probs, y, loss)
+                else:
+                    meter.update(logits, y, F.cross_entropy(logits, y).item())
+                all_logits.append(logits)
+                all_probs.append(probs)
+            if combine == "logit":
+                logits = torch.stack(all_logits).mean(0)
+                meters[-1].update(logits, y, F.cross_entropy(logits, y).item())
+            elif combine == "prob":
+                probs = torch.stack(all_probs).mean(0)
+                meters[-1].update(probs, y, F.nll_loss(probs.clamp_min(1e-12).log(), y).item())
+    finally:
+        for m, flag in zip(models, was_training):
+            m.train(flag)
+    return meters, skipped
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _load_member(path: str, device: torch.device, precision: Precision) -> tuple[nn.Module, dict, Recipe]:
+    payload = load_checkpoint(path)
+    model = build_from_checkpoint(payload, source=str(path)).to(device)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    meta = payload["meta"]
+    return model, meta, recipe_from_dict(meta["recipe"], source=str(path))
+
+
+def _check_classes(path: str, meta: dict, data: DataBundle) -> None:
+    if list(meta["classes"]) != list(data.classes):
+        ours, theirs = meta["classes"], data.classes
+        diff = sorted(set(ours) ^ set(theirs))[:5]
+        detail = f"differing: {', '.join(diff)}" if diff else "same names in another order"
+        raise CnnTrainError(
+            f"{path} was trained on {len(ours)} classes, the data has {len(theirs)} ({detail}); "
+            "evaluate on the dataset the checkpoint was trained on"
+        )
+
+
+def _paper_line(recipe: Recipe, crops: int) -> str | None:
+    reported = recipe.paper.reported
+    if not reported:
+        return None
+    errs = ", ".join(f"{k.replace('_err', ' error')} {v:g}%" for k, v in reported.items())
+    protocol = f" ({recipe.paper.protocol})" if recipe.paper.protocol else ""
+    return f"paper{protocol}: {errs}   [this run: {crops}-crop]"
+
+
+def eval_checkpoint(path: str, data: str | None = None, split: str = "val", topk: int | None = None,
+                    crops: int | None = None, device: str = "auto", workers: int | None = None,
+                    batch_size: int | None = None, progress: bool = True) -> dict[str, Any]:
+    dev = resolve_device(device)
+    model, meta, recipe = _load_member(path, dev, choose_precision(dev, "auto", "auto"))
+    precision = choose_precision(dev, recipe.train.amp, recipe.train.channels_last)
+    crops = crops or recipe.eval.crops
+    k = topk or recipe.eval.topk
+    bundle = build_data(recipe, data if data is not None else meta.get("data"), train=False,
+                        crops=crops, split=split)
+    _check_classes(path, meta, bundle)
+    loader = make_loader(bundle.val, batch_size or recipe.eval.batch_size or recipe.optim.batch_size,
+                         shuffle=False, workers=default_workers(bundle.kind) if workers is None else workers,
+                         pin_memory=dev.type == "cuda")
+    prep = BatchPrep(tuple(meta["mean"]), tuple(meta["std"]), dev, precision.channels_last)
+    (meter,), skipped = evaluate([model], loader, [prep], dev, precision, (1, k), progress=progress)
+    result = meter.result()
+    result.update(checkpoint=str(path), arch=meta["arch"], split=split, crops=crops,
+                  skipped=len(skipped), paper=dict(recipe.paper.reported))
+    line = (f"{path}  {meta['arch']}  {split}  {result['samples']} images  {crops}-crop  "
+            f"top1 {result['top1']:.2f}%  top{k} {result[f'top{k}']:.2f}%  loss {result['loss']:.4f}")
+    print(line)
+    paper = _paper_line(recipe, crops)
+    if paper:
+        print(paper)
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s): {', '.join(b.path for b in skipped[:5])}")
+    return result
+
+
+def ensemble_checkpoints(paths: list[str], data: str | None = None, topk: int = 5, combine: str = "prob",
+                         device: str = "auto", workers: int | None = None, batch_size: int | None = None,
+                         crops: int = 1, progress: bool = True) -> dict[str, Any]:
+    if len(paths) < 2:
+        raise CnnTrainError("an ensemble needs at least two checkpoints")
+    if combine not in ("prob", "logit"):
+        raise CnnTrainError(f"--combine {combine!r}: use prob or logit")
+    dev = resolve_device(device)
+    precision = choose_precision(dev, "auto", "auto")
+    members = [_load_member(p, dev, precision) for p in paths]
+    first_meta, first_recipe = members[0][1], members[0][2]
+    for path, (_, meta, recipe) in zip(paths[1:], members[1:]):
+        same_view = (recipe.data.train_size, recipe.data.eval_resize, meta["in_channels"]) == (
+            first_recipe.data.train_size, first_recipe.data.eval_resize, first_meta["in_channels"])
+        if not same_view:
+            raise CnnTrainError(
+                f"{path} expects {recipe.data.train_size}px inputs (resize {recipe.data.eval_resize}, "
+                f"{meta['in_channels']} channels) but {paths[0]} expects {first_recipe.data.train_size}px "
+                f"(resize {first_recipe.data.eval_resize}, {first_meta['in_channels']}); "
+                "ensemble members must read the same input views"
+            )
+    bundle = build_data(first_recipe, data if data is not None else first_meta.get("data"),
+                        train=False, crops=crops)
+    for path, (_, meta, _) in zip(paths, members):
+        _check_classes(path, meta, bundle)
+    loader = make_loader(bundle.val, batch_size or first_recipe.eval.batch_size or first_recipe.optim.batch_size,
+                         shuffle=False, workers=default_workers(bundle.kind) if workers is None else workers,
+                         pin_memory=dev.type == "cuda")
+    preps = [BatchPrep(tuple(m["mean"]), tuple(m["std"]), dev, precision.channels_last) for _, m, _ in members]
+    meters, _ = evaluate([m for m, _, _ in members], loader, preps, dev, precision, (1, topk),
+                         combine=combine, progress=progress)
+    results = []
+    for path, (_, meta, _), meter in zip(paths, members, meters):
+        r = meter.result()
+        r.update(checkpoint=str(path), arch=meta["arch"])
+        results.append(r)
+        print(f"member   {path}  {meta['arch']}  top1 {r['top1']:.2f}%  top{topk} {r[f'top{topk}']:.2f}%  "
+              f"loss {r['loss']:.4f}")
+    ens = meters[-1].result()
+    print(f"ensemble of {len(paths)} ({combine} average)  top1 {ens['top1']:.2f}%  "
+          f"top{topk} {ens[f'top{topk}']:.2f}%  loss {ens['loss']:.4f}  on {ens['samples']} images")
+    return {**ens, "combine": combine, "members": results}
+
+
+def write_json(result: dict[str, Any], path: str | None) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,381 @@
+"""Recipes: the typed schema of a training configuration, its TOML loading, ``base``
+inheritance, ``--set`` overrides and validation.
+
+A recipe is data. Loading one parses TOML and nothing else; no code in it ever runs.
+Every key is checked against the schema below, and an unknown key, a wrong type or a
+value outside its choices is a :class:`CnnTrainError` naming the file (or ``--set``),
+the key and the nearest valid key.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from cnntrain.errors import CnnTrainError, did_you_mean
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+def _choice(default: Any, *choices: Any) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+@dataclass
+class PaperSection:
+    """Where the configuration comes from and what its authors reported."""
+
+    title: str = ""
+    cite: str = ""
+    url: str = ""
+    protocol: str = ""  # how the reported errors were measured (crops, scales, ensemble)
+    reported: dict[str, float] = field(default_factory=dict)  # e.g. top1_err, top5_err
+
+
+@dataclass
+class ModelSection:
+    arch: str = ""
+    dropout: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the builder
+
+
+DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "imagenet")
+
+
+@dataclass
+class DataSection:
+    dataset: str = _choice("imagenet", *DATASETS)
+    train_size: int = 224  # side of the square training crop, and of the evaluation crop
+    eval_resize: int = 256  # shorter side before the centre crop at evaluation; 0 = none
+    num_classes: int | None = None  # defaults to the data's class count
+    workers: int | None = None  # loader processes; None picks from the cores and the dataset
+    strict: bool = False  # stop at the first unreadable image instead of skipping it
+    synthetic_train_samples: int = 256
+    synthetic_val_samples: int = 64
+
+
+@dataclass
+class AugmentSection:
+    crop: str = _choice("none", "none", "pad", "random", "resized")
+    pad: int = 4  # "pad": zero padding before a random crop (CIFAR)
+    resize: int = 256  # "random": shorter side before the random crop (AlexNet)
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # "resized": area range
+    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # "resized": aspect range
+    hflip: bool = False
+    pca_lighting: float = 0.0  # AlexNet's colour noise: std of the eigenvector weights
+
+
+@dataclass
+class OptimSection:
+    name: str = _choice("sgd", "sgd", "adamw")
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    batch_size: int = 128
+
+
+@dataclass
+class ScheduleSection:
+    name: str = _choice("constant", "constant", "step", "multistep", "plateau", "cosine")
+    unit: str = _choice("epoch", "epoch", "iteration")  # what step_size, milestones, warmup count
+    step_size: int = 30
+    milestones: list[int] = field(default_factory=list)
+    factor: float = 0.1  # multiplier at each step, milestone or plateau
+    patience: int = 5  # plateau: evaluations without improvement of val top-1
+    threshold: float = 1e-4  # plateau: relative improvement that counts
+    min_lr: float = 0.0
+    warmup: int = 0  # length of the warm-up, in `unit`
+    warmup_mode: str = _choice("linear", "linear", "constant")
+    warmup_factor: float = 0.1  # lr multiplier at the start of (or during a constant) warm-up
+
+
+@dataclass
+class TrainSection:
+    epochs: int | None = None
+    iterations: int | None = None  # when both are set, training stops at whichever comes first
+    seed: int = 0
+    label_smoothing: float = 0.0
+    amp: str = _choice("auto", "auto", "off", "bf16", "fp16")  # auto: bf16 on CUDA, off on CPU
+    channels_last: str = _choice("auto", "auto", "on", "off")  # auto: on for CUDA only
+    eval_every: int = 1  # epochs between validations
+
+
+@dataclass
+class EvalSection:
+    batch_size: int | None = None  # defaults to optim.batch_size
+    topk: int = 5
+    crops: int = _choice(1, 1, 10)  # 10: four corners and centre, and their flips
+
+
+SECTIONS: dict[str, type] = {
+    "paper": PaperSection,
+    "model": ModelSection,
+    "data": DataSection,
+    "augment": AugmentSection,
+    "optim": OptimSection,
+    "schedule": ScheduleSection,
+    "train": TrainSection,
+    "eval": EvalSection,
+}
+TOP_LEVEL = ("base", "name")
+
+
+@dataclass
+class Recipe:
+    """A fully resolved recipe."""
+
+    name: str
+    source: str
+    paper: PaperSection = field(default_factory=PaperSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict, ``None`` values dropped (TOML has no null)."""
+        out: dict[str, Any] = {"name": self.name}
+        for section in SECTIONS:
+            values = dataclasses.asdict(getattr(self, section))
+            out[section] = {k: v for k, v in values.items() if v is not None}
+        return out
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+def recipe_dirs() -> list[Path]:
+    """Folders searched for recipes by name: the installed copy, then the source tree."""
+    here = Path(__file__).resolve().parent
+    return [d for d in (here / "recipes", here.parent / "recipes") if d.is_dir()]
+
+
+def recipe_names() -> list[str]:
+    names: set[str] = set()
+    for folder in recipe_dirs():
+        names.update(p.stem for p in folder.glob("*.toml"))
+    return sorted(names)
+
+
+def find_recipe(name_or_path: str, relative_to: Path | None = None) -> Path:
+    """Resolve a recipe name (``resnet50``) or a path to a TOML file."""
+    candidate = Path(name_or_path)
+    if relative_to is not None and not candidate.is_absolute():
+        if (relative_to / candidate).is_file():
+            return relative_to / candidate
+    if candidate.suffix == ".toml" or candidate.is_file():
+        if candidate.is_file():
+            return candidate
+        raise CnnTrainError(f"recipe file {name_or_path} does not exist")
+    for folder in recipe_dirs():
+        path = folder / f"{name_or_path}.toml"
+        if path.is_file():
+            return path
+    raise CnnTrainError(
+        f'unknown recipe "{name_or_path}"{did_you_mean(name_or_path, recipe_names())}; '
+        "`cnntrain recipes` lists them, or pass a path to a .toml file"
+    )
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_type_ok(value, h) for h in typing.get_args(hint) if h is not type(None))
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(_type_ok(v, item) for v in value.values())
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    text = str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", text) if typing.get_origin(hint) is None else text
+
+
+def _check_raw(raw: dict[str, Any], origin: str) -> None:
+    """Check keys, types and choices of one recipe file (or of the overrides)."""
+    for key, value in raw.items():
+        if key in TOP_LEVEL:
+            if not isinstance(value, str):
+                raise CnnTrainError(f"{origin}: key {key!r} must be a string, got {value!r}")
+            continue
+        if key not in SECTIONS:
+            raise CnnTrainError(
+                f"{origin}: unknown section [{key}]{did_you_mean(key, [*SECTIONS, *TOP_LEVEL])}; "
+                f"valid sections: {', '.join(SECTIONS)}"
+            )
+        if not isinstance(value, dict):
+            raise CnnTrainError(f"{origin}: [{key}] must be a table of keys, got {value!r}")
+        cls = SECTIONS[key]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        for sub, sub_value in value.items():
+            dotted = f"{key}.{sub}"
+            if sub not in fields:
+                raise CnnTrainError(
+                    f"{origin}: unknown key {dotted}{did_you_mean(sub, fields)}; "
+                    f"valid keys of [{key}]: {', '.join(fields)}"
+                )
+            if not _type_ok(sub_value, hints[sub]):
+                raise CnnTrainError(
+                    f"{origin}: {dotted} must be {_type_name(hints[sub])}, "
+                    f"got {sub_value!r} ({type(sub_value).__name__})"
+                )
+            choices = fields[sub].metadata.get("choices")
+            if choices and sub_value not in choices:
+                raise CnnTrainError(
+                    f"{origin}: {dotted} = {sub_value!r} is not one of "
+                    f"{', '.join(map(repr, choices))}{did_you_mean(str(sub_value), map(str, choices))}"
+                )
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "reported":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise CnnTrainError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise CnnTrainError(f"cannot read recipe {path}: {exc.strerror}") from None
+
+
+def _load_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in chain:
+        loop = " -> ".join(p.name for p in (*chain, path))
+        raise CnnTrainError(f"recipe inheritance loops: {loop}")
+    raw = _read_toml(path)
+    _check_raw(raw, str(path))
+    base_name = raw.pop("base", None)
+    if base_name is None:
+        return raw
+    base_path = find_recipe(base_name, relative_to=path.parent)
+    return _merge(_load_raw(base_path, (*chain, path)), raw)
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``optim.lr=0.05`` -> (["optim", "lr"], 0.05). Values are TOML, or else plain strings."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise CnnTrainError(
+            f"malformed --set {text!r}: expected KEY=VALUE with a dotted key, "
+            "e.g. --set optim.lr=0.05 or --set train.epochs=3"
+        )
+    value = value.strip()
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def overrides_to_dict(overrides: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for text in overrides:
+        parts, value = parse_override(text)
+        if len(parts) < 2 and parts[0] not in TOP_LEVEL:
+            raise CnnTrainError(
+                f"--set {text!r}: the key needs its section, e.g. optim.{parts[0]}"
+                f"{did_you_mean(parts[0], SECTIONS)}"
+            )
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise CnnTrainError(f"--set {text!r} conflicts with an earlier --set")
+        node[parts[-1]] = value
+    return out
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _build(name: str, source: str, raw: dict[str, Any]) -> Recipe:
+    sections = {key: SECTIONS[key](**raw.get(key, {})) for key in SECTIONS}
+    recipe = Recipe(name=raw.get("name", name), source=source, **sections)
+    _check_consistency(recipe)
+    return recipe
+
+
+def _check_consistency(recipe: Recipe) -> None:
+    from cnntrain.models import check_model_name
+
+    where = recipe.source
+    if not recipe.model.arch:
+        raise CnnTrainError(f"{where}: model.arch is required, e.g. arch = \"resnet50\"")
+    check_model_name(recipe.model.arch, where=f"{where}: model.arch")
+    train = recipe.train
+    if train.epochs is None and train.iterations is None:
+        raise CnnTrainError(f"{where}: set train.epochs or train.iterations")
+    for key, value in (("train.epochs", train.epochs), ("train.iterations", train.iterations),
+                       ("optim.batch_size", recipe.optim.batch_size),
+                       ("data.train_size", recipe.data.train_size)):
+        if value is not None and value <= 0:
+            raise CnnTrainError(f"{where}: {key} must be positive, got {value}")
+    if recipe.optim.lr <= 0:
+        raise CnnTrainError(f"{where}: optim.lr must be positive, got {recipe.optim.lr}")
+    if recipe.schedule.name == "multistep" and not recipe.schedule.milestones:
+        raise CnnTrainError(f"{where}: schedule.name = \"multistep\" needs schedule.milestones")
+    if recipe.eval.topk < 1:
+        raise CnnTrainError(f"{where}: eval.topk must be at least 1")
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | dict[str, Any] | None = None) -> Recipe:
+    """Load a recipe by name or path, apply ``--set`` overrides, validate, resolve ``base``."""
+    path = find_recipe(name_or_path)
+    raw = _load_raw(path)
+    if overrides:
+        over = overrides_to_dict(overrides) if isinstance(overrides, list) else overrides
+        _check_raw(over, "--set")
+        raw = _merge(raw, over)
+    name = raw.get("name", path.stem)
+    return _build(name, str(path), raw)
+
+
+def recipe_from_dict(raw: dict[str, Any], source: str = "checkpoint") -> Recipe:
+    """Rebuild a recipe saved as a plain dict (in a checkpoint), validating it again."""
+    raw = copy.deepcopy(raw)
+    _check_raw(raw, source)
+    return _build(raw.get("name", "recipe"), source, raw)
