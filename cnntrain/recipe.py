@@ -332,17 +332,16 @@ def overrides_to_dict(overrides: list[str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- building
 
 
-def _build(name: str, source: str, raw: dict[str, Any]) -> Recipe:
+def _build(name: str, source: str, raw: dict[str, Any], label: str | None = None) -> Recipe:
     sections = {key: SECTIONS[key](**raw.get(key, {})) for key in SECTIONS}
     recipe = Recipe(name=raw.get("name", name), source=source, **sections)
-    _check_consistency(recipe)
+    _check_consistency(recipe, label or source)
     return recipe
 
 
-def _check_consistency(recipe: Recipe) -> None:
+def _check_consistency(recipe: Recipe, where: str) -> None:
     from cnntrain.models import check_model_name
 
-    where = recipe.source
     if not recipe.model.arch:
         raise CnnTrainError(f"{where}: model.arch is required, e.g. arch = \"resnet50\"")
     check_model_name(recipe.model.arch, where=f"{where}: model.arch")
@@ -371,7 +370,8 @@ def load_recipe(name_or_path: str, overrides: list[str] | dict[str, Any] | None 
         _check_raw(over, "--set")
         raw = _merge(raw, over)
     name = raw.get("name", path.stem)
-    return _build(name, str(path), raw)
+    label = f"{path} with --set {' '.join(overrides)}" if isinstance(overrides, list) and overrides else None
+    return _build(name, str(path), raw, label)
 
 
 def recipe_from_dict(raw: dict[str, Any], source: str = "checkpoint") -> Recipe:
