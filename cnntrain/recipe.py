@@ -108,6 +108,10 @@ class TrainSection:
     amp: str = _choice("auto", "auto", "off", "bf16", "fp16")  # auto: bf16 on CUDA, off on CPU
     channels_last: str = _choice("auto", "auto", "on", "off")  # auto: on for CUDA only
     eval_every: int = 1  # epochs between validations
+    save_every_steps: int = 0  # also write last.pt every N optimisation steps (0: per epoch only)
+    on_nonfinite: str = _choice("stop", "stop", "skip")  # a NaN/inf loss stops the run, or skips the step
+    max_nonfinite_steps: int = 10  # with "skip": stop once this many steps were skipped
+    deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-repeatable runs on GPU)
 
 
 @dataclass

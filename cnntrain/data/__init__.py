@@ -3,6 +3,7 @@ DataLoader settings. Data knows nothing of models; the engine joins the two."""
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from cnntrain.data.cifar import find_cifar, load_cifar
 from cnntrain.data.digits import CLASSES as DIGIT_CLASSES
 from cnntrain.data.digits import TensorImages, load_digits_split, mean_std
 from cnntrain.data.folder import ImageFolderDataset, Skipped, load_folder
+from cnntrain.data.sampler import EpochSampler, SeededSamples
 from cnntrain.data.synthetic import SyntheticImages
 from cnntrain.data.transforms import BatchPrep, EvalTransform, TrainTransform
 from cnntrain.errors import CnnTrainError
@@ -138,22 +140,33 @@ def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[Skipped]]:
     return images, labels, skipped
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int,
-                seed: int = 0, pin_memory: bool = False, drop_last: bool = False,
-                sampler=None) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
+def _worker_init(_worker_id: int) -> None:
+    """Workers leave SIGINT/SIGTERM/SIGUSR1 to the main process, which stops them
+    after writing its checkpoint; a Ctrl-C must not kill them mid-batch first."""
+    for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, workers: int, sampler=None,
+                pin_memory: bool = False) -> DataLoader:
+    """A loader in the given sample order (sequential when ``sampler`` is None).
+
+    With an :class:`EpochSampler` the dataset is wrapped so each sample's augmentation
+    runs under its own seed (see ``cnntrain.data.sampler``)."""
+    if sampler is not None:
+        dataset = SeededSamples(dataset)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle if sampler is None else False,
+        shuffle=False,
         sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,
-        drop_last=drop_last,
-        generator=generator,
+        worker_init_fn=_worker_init if workers > 0 else None,
         prefetch_factor=4 if workers > 0 else None,
     )
 
 
-__all__ = ["BatchPrep", "DataBundle", "Skipped", "build_data", "default_workers", "detect", "make_loader"]
+__all__ = ["BatchPrep", "DataBundle", "EpochSampler", "Skipped", "build_data", "default_workers", "detect", "make_loader"]

@@ -23,7 +23,11 @@ from cnntrain.errors import CnnTrainError
 FORMAT = "cnntrain-checkpoint-1"
 
 
-def save_atomic(payload: dict[str, Any], path: str | os.PathLike) -> None:
+def save_atomic(payload: dict[str, Any], path: str | os.PathLike, previous: str | os.PathLike | None = None) -> None:
+    """Write ``payload`` to ``path`` so that a crash leaves the old or the new file whole.
+
+    With ``previous``, the file being replaced is kept under that name, so a checkpoint
+    that later proves unreadable still has a predecessor."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -32,16 +36,20 @@ def save_atomic(payload: dict[str, Any], path: str | os.PathLike) -> None:
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(exc, OSError):
+        # torch.save reports a failed write (ENOSPC, EIO) as a RuntimeError of its zip writer.
+        if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "writ" in str(exc)):
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
             raise CnnTrainError(
-                f"could not write checkpoint {path}: {exc.strerror or exc}; the previous "
-                "checkpoint is intact. Free disk space or choose another --out"
+                f"could not write checkpoint {path}: {reason}; the previous checkpoint is intact. "
+                "Free disk space or choose another --out, then --resume auto"
             ) from None
         raise
     _fsync_dir(path.parent)

@@ -118,7 +118,7 @@ def eval_checkpoint(path: str, data: str | None = None, split: str = "val", topk
                         crops=crops, split=split)
     _check_classes(path, meta, bundle)
     loader = make_loader(bundle.val, batch_size or recipe.eval.batch_size or recipe.optim.batch_size,
-                         shuffle=False, workers=default_workers(bundle.kind) if workers is None else workers,
+                         workers=default_workers(bundle.kind) if workers is None else workers,
                          pin_memory=dev.type == "cuda")
     prep = BatchPrep(tuple(meta["mean"]), tuple(meta["std"]), dev, precision.channels_last)
     (meter,), skipped = evaluate([model], loader, [prep], dev, precision, (1, k), progress=progress)
@@ -162,7 +162,7 @@ def ensemble_checkpoints(paths: list[str], data: str | None = None, topk: int = 
     for path, (_, meta, _) in zip(paths, members):
         _check_classes(path, meta, bundle)
     loader = make_loader(bundle.val, batch_size or first_recipe.eval.batch_size or first_recipe.optim.batch_size,
-                         shuffle=False, workers=default_workers(bundle.kind) if workers is None else workers,
+                         workers=default_workers(bundle.kind) if workers is None else workers,
                          pin_memory=dev.type == "cuda")
     preps = [BatchPrep(tuple(m["mean"]), tuple(m["std"]), dev, precision.channels_last) for _, m, _ in members]
     meters, _ = evaluate([m for m, _, _ in members], loader, preps, dev, precision, (1, topk),

@@ -38,6 +38,13 @@ class Meter:
         for k in self.ks:
             self.correct[k] += correct[k]
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "loss_sum": self.loss_sum, "correct": dict(self.correct)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.samples, self.loss_sum = state["samples"], state["loss_sum"]
+        self.correct = {int(k): v for k, v in state["correct"].items()}
+
     @property
     def loss(self) -> float:
         return self.loss_sum / max(1, self.samples)

@@ -2,11 +2,20 @@
 
 One epoch loop for every recipe and device: SGD step under (optional) autocast, the
 recipe's learning-rate schedule applied per step, validation every ``train.eval_every``
-epochs, ``last.pt`` after each epoch and ``best.pt`` whenever validation top-1 improves,
-both written atomically, and one line per epoch in ``metrics.jsonl`` and TensorBoard.
+epochs, ``last.pt`` after each epoch (and every ``train.save_every_steps`` steps) and
+``best.pt`` whenever validation top-1 improves, all written atomically, and one line per
+epoch in ``metrics.jsonl`` and TensorBoard.
+
+Fault tolerance: ``last.pt`` holds everything the next step depends on (weights,
+optimiser, schedule, scaler, epoch and position in it, the epoch's running metrics and
+every RNG state), and the sample order and augmentation are functions of (seed, epoch,
+position), so a run killed at any step and resumed ends bitwise equal to one that was
+never stopped (on CPU). SIGTERM/SIGINT/SIGUSR1 finish the step, save and exit with
+code 75; a non-finite loss stops with code 3 (or skips the step, if the recipe says so).
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -19,14 +28,21 @@ from torch import nn
 from tqdm import tqdm
 
 from cnntrain import __version__
-from cnntrain.data import BatchPrep, DataBundle, build_data, default_workers, make_loader
+from cnntrain.data import BatchPrep, DataBundle, EpochSampler, build_data, default_workers, make_loader
 from cnntrain.engine.checkpoint import FORMAT, load_checkpoint, model_meta, save_atomic, unwrap
 from cnntrain.engine.device import Precision, choose_precision, resolve_device, rng_state, seed_everything, set_rng_state
 from cnntrain.engine.evaluate import evaluate
 from cnntrain.engine.metrics import Meter, RunLog
 from cnntrain.engine.modelbuild import model_from_recipe
 from cnntrain.engine.optim import LRSchedule, build_optimizer
+from cnntrain.engine.signals import GracefulStop, TrainingStopped
 from cnntrain.errors import CnnTrainError
+
+EXIT_NONFINITE = 3
+
+
+class NonFiniteLoss(CnnTrainError):
+    exit_code = EXIT_NONFINITE
 from cnntrain.recipe import Recipe
 
 
@@ -62,7 +78,7 @@ class Trainer:
         self.out = Path(opts.out)
         self.device = resolve_device(opts.device)
         self.precision: Precision = choose_precision(self.device, recipe.train.amp, recipe.train.channels_last)
-        seed_everything(recipe.train.seed)
+        seed_everything(recipe.train.seed, recipe.train.deterministic)
         self.data: DataBundle = build_data(recipe, opts.data, train=True)
         self._check_classes()
         self.model = model_from_recipe(recipe, self.data.num_classes, self.data.channels).to(self.device)
@@ -73,12 +89,14 @@ class Trainer:
         workers = opts.workers if opts.workers is not None else recipe.data.workers
         self.workers = default_workers(self.data.kind) if workers is None else workers
         pin = self.device.type == "cuda"
-        self.train_loader = make_loader(self.data.train, recipe.optim.batch_size, shuffle=True,
-                                        workers=self.workers, seed=recipe.train.seed, pin_memory=pin)
-        eval_batch = recipe.eval.batch_size or recipe.optim.batch_size
-        self.val_loader = (make_loader(self.data.val, eval_batch, shuffle=False, workers=self.workers,
-                                       pin_memory=pin) if len(self.data.val) else None)
-        self.steps_per_epoch = len(self.train_loader)
+        self.sampler = EpochSampler(len(self.data.train), recipe.train.seed)
+        batch = recipe.optim.batch_size
+        self.train_loader = make_loader(self.data.train, batch, workers=self.workers, sampler=self.sampler,
+                                        pin_memory=pin)
+        eval_batch = recipe.eval.batch_size or batch
+        self.val_loader = (make_loader(self.data.val, eval_batch, workers=self.workers, pin_memory=pin)
+                           if len(self.data.val) else None)
+        self.steps_per_epoch = math.ceil(self.sampler.per_rank / batch)
         limits = [recipe.train.iterations or math.inf,
                   (recipe.train.epochs or math.inf) * self.steps_per_epoch]
         self.total_steps = int(min(limits))
@@ -87,12 +105,17 @@ class Trainer:
         self.prep = BatchPrep(self.data.mean, self.data.std, self.device, self.precision.channels_last,
                               recipe.augment.pca_lighting)
         self.epoch = 0  # completed epochs
+        self.epoch_step = 0  # completed steps within the current epoch
         self.step = 0  # completed optimisation steps
         self.best_top1: float | None = None
+        self.meter = Meter((1,))
+        self.nonfinite_skipped = 0
+        self.amp_skipped = 0
         self.skipped: list[str] = []
         self.meta = model_meta(recipe.to_dict(), self.data.classes, self.data.channels,
                                self.data.mean, self.data.std)
         self.meta["data"] = self.data.root or (opts.data if opts.data else None)
+        self.stop = GracefulStop()
 
     def _check_classes(self) -> None:
         wanted = self.recipe.data.num_classes
@@ -114,38 +137,72 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
+            "epoch_step": self.epoch_step,
             "step": self.step,
             "best_top1": self.best_top1,
+            "meter": self.meter.state_dict(),
+            "counters": {"nonfinite_skipped": self.nonfinite_skipped, "amp_skipped": self.amp_skipped},
             "rng": rng_state(),
-            "loader_rng": self.train_loader.generator.get_state(),
         }
 
+    def _resume_candidates(self, spec: str) -> list[Path]:
+        if spec != "auto":
+            return [Path(spec)]
+        return [p for p in (self.out / "last.pt", self.out / "prev.pt") if p.is_file()]
+
     def resume(self, spec: str) -> None:
-        path = self.out / "last.pt" if spec == "auto" else Path(spec)
-        if spec == "auto" and not path.is_file():
-            print(f"resume: no checkpoint in {self.out}, starting from scratch")
+        """Restore the newest loadable checkpoint; say which, and why others were passed over."""
+        found: list[tuple[int, Path, dict]] = []
+        for path in self._resume_candidates(spec):
+            try:
+                payload = load_checkpoint(path)
+            except CnnTrainError as exc:
+                if spec != "auto":
+                    raise
+                print(f"resume: skipping {path}: {exc}")
+                continue
+            if "optimizer" not in payload:
+                raise CnnTrainError(f"{path} holds weights only (a best.pt); resume from last.pt")
+            found.append((payload["step"], path, payload))
+        if not found:
+            print(f"resume: no usable checkpoint in {self.out}, starting from scratch")
             return
-        payload = load_checkpoint(path)
+        found.sort(key=lambda item: item[0], reverse=True)
+        step, path, payload = found[0]
+        for other_step, other, _ in found[1:]:
+            print(f"resume: passing over {other} (step {other_step}, older)")
         meta = payload["meta"]
         if meta["arch"] != self.recipe.model.arch or len(meta["classes"]) != self.data.num_classes:
             raise CnnTrainError(
                 f"cannot resume from {path}: it holds {meta['arch']} with {len(meta['classes'])} classes, "
-                f"this run trains {self.recipe.model.arch} with {self.data.num_classes}"
+                f"this run trains {self.recipe.model.arch} with {self.data.num_classes}; use another --out"
             )
-        if "optimizer" not in payload:
-            raise CnnTrainError(f"{path} holds weights only (a best.pt); resume from last.pt")
         unwrap(self.model).load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.schedule.load_state_dict(payload["schedule"])
         self.scaler.load_state_dict(payload["scaler"])
-        self.epoch, self.step, self.best_top1 = payload["epoch"], payload["step"], payload["best_top1"]
+        self.epoch, self.epoch_step, self.step = payload["epoch"], payload["epoch_step"], payload["step"]
+        self.best_top1 = payload["best_top1"]
+        self.meter.load_state_dict(payload["meter"])
+        self.nonfinite_skipped = payload["counters"]["nonfinite_skipped"]
+        self.amp_skipped = payload["counters"]["amp_skipped"]
         set_rng_state(payload["rng"])
-        self.train_loader.generator.set_state(payload["loader_rng"])
-        print(f"resume: {path} at epoch {self.epoch}, step {self.step}")
+        self._truncate_metrics()
+        print(f"resume: {path} at epoch {self.epoch}, step {self.step}"
+              f"{f' ({self.epoch_step} into epoch {self.epoch + 1})' if self.epoch_step else ''}")
 
-    def save(self, improved: bool) -> None:
+    def _truncate_metrics(self) -> None:
+        """Drop log lines of epochs the checkpoint does not contain (written before a kill)."""
+        path = self.out / "metrics.jsonl"
+        if path.is_file():
+            lines = path.read_text().splitlines()
+            keep = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= self.epoch]
+            if len(keep) != len(lines):
+                path.write_text("".join(line + "\n" for line in keep))
+
+    def save(self, improved: bool = False) -> None:
         state = self.state()
-        save_atomic(state, self.out / "last.pt")
+        save_atomic(state, self.out / "last.pt", previous=self.out / "prev.pt")
         if improved:
             weights = {k: state[k] for k in ("format", "version", "meta", "model", "epoch", "step", "best_top1")}
             save_atomic(weights, self.out / "best.pt")
@@ -154,40 +211,57 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, Any]:
         self.model.train()
-        meter = Meter((1,))
+        if self.epoch_step == 0:
+            self.meter = Meter((1,))
+        meter = self.meter
         smoothing = self.recipe.train.label_smoothing
+        save_every = self.recipe.train.save_every_steps
+        self.sampler.set_epoch(self.epoch, self.epoch_step * self.recipe.optim.batch_size)
         start, seen = time.perf_counter(), 0
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
+                   initial=self.epoch_step, total=self.steps_per_epoch,
                    disable=None if self.opts.progress else True, dynamic_ncols=True)
         lr = self.schedule.lr_at(self.step)
         for images, target, skipped in bar:
             self._note_skipped(skipped)
             if self.step >= self.total_steps:
                 break
-            if images.numel() == 0:
-                continue
             lr = self.schedule.apply(self.optimizer, self.step)
-            x = self.prep(images, train=True)
-            y = target.to(self.device, non_blocking=True)
-            with self.precision.autocast(self.device):
-                outputs = self.model(x)
-                loss = training_loss(outputs, y, smoothing)
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                self._nonfinite(loss_value, lr)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            if images.numel():
+                seen += self._train_step(images, target, smoothing, lr, meter)
             self.step += 1
-            meter.update(main_output(outputs), y, loss_value)
-            seen += int(y.shape[0])
+            self.epoch_step += 1
             rate = seen / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(loss=f"{meter.loss:.3f}", top1=f"{meter.accuracy(1):.1f}", lr=f"{lr:.3g}",
                             ips=f"{rate:.0f}", refresh=False)
+            if self.stop.requested:
+                self._stop_now()
+            if save_every and self.step % save_every == 0 and self.epoch_step < self.steps_per_epoch:
+                self.save()
         elapsed = time.perf_counter() - start
         return {"train_loss": meter.loss, "train_top1": meter.accuracy(1), "lr": lr,
                 "images_per_s": seen / max(elapsed, 1e-9), "epoch_time_s": elapsed}
+
+    def _train_step(self, images: torch.Tensor, target: torch.Tensor, smoothing: float, lr: float,
+                    meter: Meter) -> int:
+        x = self.prep(images, train=True)
+        y = target.to(self.device, non_blocking=True)
+        with self.precision.autocast(self.device):
+            outputs = self.model(x)
+            loss = training_loss(outputs, y, smoothing)
+        loss_value = float(loss.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(loss_value):
+            self._nonfinite(loss_value, lr)
+            return 0
+        self.scaler.scale(loss).backward()
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if scale is not None and self.scaler.get_scale() < scale:
+            self.amp_skipped += 1  # fp16 overflow: the scaler skipped this update, by design
+        meter.update(main_output(outputs), y, loss_value)
+        return int(y.shape[0])
 
     def _note_skipped(self, skipped: list) -> None:
         if not skipped:
@@ -202,11 +276,26 @@ class Trainer:
         self.skipped += [bad.path for bad in skipped]
 
     def _nonfinite(self, value: float, lr: float) -> None:
+        cfg = self.recipe.train
+        if cfg.on_nonfinite == "skip" and self.nonfinite_skipped < cfg.max_nonfinite_steps:
+            self.nonfinite_skipped += 1
+            print(f"warning: loss is {value} at step {self.step + 1}; step skipped "
+                  f"({self.nonfinite_skipped} of at most {cfg.max_nonfinite_steps})")
+            return
         last = self.out / "last.pt"
         where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
-        raise CnnTrainError(
-            f"loss became {value} at step {self.step + 1} (epoch {self.epoch + 1}, lr {lr:.4g}); "
-            f"{where}. Lower optim.lr or check the data"
+        limit = (f" after skipping {self.nonfinite_skipped} such steps (train.max_nonfinite_steps)"
+                 if cfg.on_nonfinite == "skip" else "")
+        raise NonFiniteLoss(
+            f"loss became {value} at step {self.step + 1} (epoch {self.epoch + 1}, lr {lr:.4g}){limit}; "
+            f"{where}. Lower optim.lr, check the data, or set train.on_nonfinite = \"skip\""
+        )
+
+    def _stop_now(self) -> None:
+        self.save()
+        raise TrainingStopped(
+            f"stopped by {self.stop.requested} after step {self.step} (epoch {self.epoch + 1}); "
+            f"checkpoint {self.out / 'last.pt'}; continue with --resume auto"
         )
 
     def validate(self) -> dict[str, Any]:
@@ -233,32 +322,44 @@ class Trainer:
         log = RunLog(self.out)
         record: dict[str, Any] = {}
         try:
-            while self.epoch < self.epochs and self.step < self.total_steps:
-                skipped_before = len(self.skipped)
-                record = self.train_epoch()
-                self.epoch += 1
-                last_epoch = self.epoch == self.epochs or self.step >= self.total_steps
-                if self.epoch % self.recipe.train.eval_every == 0 or last_epoch:
-                    record.update(self.validate())
-                top1 = record.get("val_top1")
-                improved = False
-                if top1 is not None:
-                    self.schedule.observe(top1)
-                    improved = self.best_top1 is None or top1 > self.best_top1
-                    self.best_top1 = top1 if improved else self.best_top1
-                elif self.val_loader is None:
-                    improved = True  # nothing to compare: best is the latest
-                self.save(improved)
-                record = {"epoch": self.epoch, "step": self.step, **record,
-                          "skipped": len(self.skipped) - skipped_before}
-                log.epoch(record)
-                print(self._epoch_line(record))
+            with self.stop:
+                while self.epoch < self.epochs and self.step < self.total_steps:
+                    record = self._epoch(log)
         finally:
             log.close()
         if self.skipped:
             print(f"skipped {len(self.skipped)} unreadable file(s); paths in {self.out / 'skipped.txt'}")
         return {"out": str(self.out), "epochs": self.epoch, "steps": self.step,
                 "best_top1": self.best_top1, **record}
+
+    def _epoch(self, log: RunLog) -> dict[str, Any]:
+        skipped_before = len(self.skipped)
+        record = self.train_epoch()
+        self.epoch += 1
+        self.epoch_step = 0
+        last_epoch = self.epoch == self.epochs or self.step >= self.total_steps
+        if self.epoch % self.recipe.train.eval_every == 0 or last_epoch:
+            record.update(self.validate())
+        top1 = record.get("val_top1")
+        improved = False
+        if top1 is not None:
+            self.schedule.observe(top1)
+            improved = self.best_top1 is None or top1 > self.best_top1
+            self.best_top1 = top1 if improved else self.best_top1
+        elif self.val_loader is None:
+            improved = True  # nothing to compare: best is the latest
+        record = {"epoch": self.epoch, "step": self.step, **record,
+                  "skipped": len(self.skipped) - skipped_before,
+                  "nonfinite_skipped": self.nonfinite_skipped, "amp_skipped": self.amp_skipped}
+        log.epoch(record)  # before the checkpoint: a kill in between re-runs and rewrites it
+        self.save(improved)
+        print(self._epoch_line(record))
+        if self.stop.requested:
+            raise TrainingStopped(
+                f"stopped by {self.stop.requested} at the end of epoch {self.epoch}; "
+                f"checkpoint {self.out / 'last.pt'}; continue with --resume auto"
+            )
+        return record
 
     def _epoch_line(self, r: dict[str, Any]) -> str:
         parts = [f"epoch {r['epoch']}/{self.epochs}", f"step {r['step']}",
@@ -268,7 +369,9 @@ class Trainer:
             parts += [f"val top1 {r['val_top1']:.2f}%", f"top{k} {r.get(f'val_top{k}', 0):.2f}%"]
         parts += [f"lr {r['lr']:.4g}", f"{r['images_per_s']:.0f} img/s"]
         if r.get("skipped"):
-            parts.append(f"skipped {r['skipped']}")
+            parts.append(f"skipped {r['skipped']} unreadable")
+        if r.get("amp_skipped"):
+            parts.append(f"fp16 overflow steps {r['amp_skipped']}")
         return "  ".join(parts)
 
 

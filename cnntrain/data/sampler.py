@@ -1,0 +1,67 @@
+"""Resumable, reproducible sample order and augmentation randomness.
+
+Each epoch's order is a permutation drawn from (run seed, epoch) alone, and every sample
+carries its own augmentation seed drawn alongside it. A sample's random crop and flip are
+therefore a pure function of (seed, epoch, position): the same whatever the number of
+loader workers, whichever worker draws it, and after a restart in the middle of an epoch
+(``start`` skips the samples already trained on). With several processes each rank takes
+every ``world``-th position of the padded permutation, as DistributedSampler does.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+class EpochSampler(Sampler):
+    """Yields ``(index, augmentation_seed)`` pairs for one rank's share of an epoch."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1) -> None:
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.rank, self.world = rank, world
+        self.epoch, self.start = 0, 0
+
+    @property
+    def per_rank(self) -> int:
+        return math.ceil(self.size / self.world)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Serve epoch ``epoch`` from this rank's ``start``-th sample on."""
+        self.epoch, self.start = epoch, start
+
+    def order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.size, generator=gen) if self.shuffle else torch.arange(self.size)
+        seeds = torch.randint(0, 2**62, (self.size,), generator=gen)
+        total = self.per_rank * self.world
+        if total > self.size:  # pad by wrapping so every rank gets the same count
+            perm = torch.cat([perm, perm[: total - self.size]])
+            seeds = torch.cat([seeds, seeds[: total - self.size]])
+        return perm[self.rank::self.world], seeds[self.rank::self.world]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        perm, seeds = self.order()
+        for index, seed in zip(perm[self.start:].tolist(), seeds[self.start:].tolist()):
+            yield index, seed
+
+    def __len__(self) -> int:
+        return max(0, self.per_rank - self.start)
+
+
+class SeededSamples(Dataset):
+    """Runs the wrapped dataset's random transforms under each sample's own seed."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.base[index]
