@@ -1,5 +1,5 @@
 """Architectures, one file per paper family, all reached through the registry."""
-from cnntrain.models import alexnet, lenet, resnet  # noqa: F401  (registers the models)
+from cnntrain.models import alexnet, googlenet, inception, lenet, nin, resnet, squeezenet, vgg, zfnet  # noqa: F401  (registers the models)
 from cnntrain.models.registry import (
     ModelInfo,
     build_model,
