@@ -185,6 +185,26 @@ def summary(
     write_json(result.to_dict(), json_out)
 
 
+@app.command()
+def compare(
+    models_: List[str] = typer.Argument(None, metavar="[MODEL]...",
+                                        help="Models to compare (default: the ImageNet models with a recipe)."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write the table's rows to this file."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Write a PNG chart of accuracy against MACs."),
+) -> None:
+    """The architecture comparison table: depth, kernels, FC widths, dropout/LRN/BN, params, MACs, paper error."""
+    from cnntrain.compare import compare_models, plot as draw_plot, table, to_dicts
+    from cnntrain.engine.evaluate import write_json
+
+    rows = compare_models(list(models_ or []))
+    typer.echo(table(rows))
+    write_json({"models": to_dicts(rows)}, json_out)
+    if plot:
+        skipped = draw_plot(rows, plot)
+        note = f" (no paper error, not plotted: {', '.join(skipped)})" if skipped else ""
+        typer.echo(f"wrote {plot}{note}")
+
+
 def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
