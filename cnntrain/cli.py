@@ -164,6 +164,47 @@ def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         typer.echo(f"{r['name']:<14}{r['year']:<6}{r['input']:<7}{r['params']:>12,}  {r['paper']}")
 
 
+@app.command()
+def summary(
+    model: str = typer.Argument(..., help="A model (see `cnntrain models`), or inception-naive / inception-reduced."),
+    input_: Optional[str] = typer.Option(None, "--input", help="CxHxW, e.g. 3x224x224 (default: the paper's size)."),
+    depth: Optional[int] = typer.Option(None, "--depth", help="One row per module N levels down, not per leaf layer."),
+    classes: Optional[int] = typer.Option(None, "--classes", help="Output classes (default 1000; 10 for 32-pixel models)."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write every row and total, exact, to this file."),
+) -> None:
+    """Per-layer output shapes, activation memory, parameters and multiply-accumulates."""
+    from cnntrain.engine.evaluate import write_json
+    from cnntrain.summary import default_input, parse_input, summarize_model
+
+    channels = default_input(model)[0]
+    if classes is not None and classes < 1:
+        raise CnnTrainError(f"--classes must be positive, got {classes}")
+    size = parse_input(input_, channels) if input_ else None
+    result = summarize_model(model, size, depth, classes)
+    typer.echo(result.table())
+    write_json(result.to_dict(), json_out)
+
+
+@app.command()
+def compare(
+    models_: List[str] = typer.Argument(None, metavar="[MODEL]...",
+                                        help="Models to compare (default: the ImageNet models with a recipe)."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write the table's rows to this file."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Write a PNG chart of accuracy against MACs."),
+) -> None:
+    """The architecture comparison table: depth, kernels, FC widths, dropout/LRN/BN, params, MACs, paper error."""
+    from cnntrain.compare import compare_models, plot as draw_plot, table, to_dicts
+    from cnntrain.engine.evaluate import write_json
+
+    rows = compare_models(list(models_ or []))
+    typer.echo(table(rows))
+    write_json({"models": to_dicts(rows)}, json_out)
+    if plot:
+        skipped = draw_plot(rows, plot)
+        note = f" (no paper error, not plotted: {', '.join(skipped)})" if skipped else ""
+        typer.echo(f"wrote {plot}{note}")
+
+
 def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:

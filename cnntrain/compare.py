@@ -1,0 +1,312 @@
+"""The architecture comparison table of the lecture (AlexNet vs VGG vs GoogLeNet vs
+ResNet ...) and Canziani et al. 2017's accuracy-against-operations chart.
+
+Every structural column is read off the built model, never typed in:
+
+- **layers** is the depth as the papers count it: the number of weight layers
+  (convolutions and fully connected layers) on the longest path from the input to the
+  output, found by following every tensor through one forward pass. So ResNet-18 is 18
+  (its three 1x1 projection shortcuts sit on a shorter path) and GoogLeNet 22. The
+  **conv** and **FC** columns split that path.
+- **kernels** are the distinct convolution kernel sizes the forward pass uses, **FC
+  widths** the output width of each linear layer in order; **dropout**, **LRN** and
+  **BN** say whether the forward pass goes through such a layer (dropout with p > 0).
+- **params** are the parameters the inference pass uses (auxiliary heads that only run
+  in training are left out, as the papers' counts do) and **MACs** the multiply-
+  accumulates of one image at the paper's input size (:mod:`cnntrain.summary`).
+- the year comes from the registry; the paper's errors from the recipe with the model's
+  name (``paper.reported``), "-" where there is none.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+
+from cnntrain.errors import CnnTrainError
+from cnntrain.summary import human, summarize
+
+_CONV = nn.modules.conv._ConvNd
+_WEIGHTED = (_CONV, nn.Linear, nn.Bilinear)
+
+
+@dataclass
+class ArchRow:
+    model: str
+    year: int
+    input_size: int
+    weight_layers: int
+    conv_layers: int
+    fc_layers: int
+    kernels: list[str]
+    fc_widths: list[int]
+    dropout: bool
+    lrn: bool
+    batchnorm: bool
+    params: int
+    macs: int
+    top1_err: float | None = None
+    top5_err: float | None = None
+
+
+class _Paths(TorchFunctionMode):
+    """Tracks, for every tensor, the most (weight, conv, fc) layers on a path that made it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[int, tuple[torch.Tensor, tuple[int, int, int]]] = {}
+
+    def get(self, t: torch.Tensor) -> tuple[int, int, int]:
+        entry = self.seen.get(id(t))
+        return entry[1] if entry is not None and entry[0] is t else (0, 0, 0)
+
+    def put(self, t: torch.Tensor, depth: tuple[int, int, int]) -> None:
+        self.seen[id(t)] = (t, depth)  # the reference keeps ids unique while we run
+
+    def deepest(self, obj: Any) -> tuple[int, int, int]:
+        return max((self.get(t) for t in tree_leaves(obj) if isinstance(t, torch.Tensor)), default=(0, 0, 0))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        depth = self.deepest((args, kwargs))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.put(t, max(depth, self.get(t)))
+        return out
+
+
+def structure(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, Any]:
+    """Walk one eval-mode forward pass of ``model``: depth and the layer kinds it uses."""
+    paths = _Paths()
+    called: list[nn.Module] = []
+
+    def hook(m: nn.Module, args: Any, out: Any) -> None:
+        called.append(m)
+        if isinstance(m, _WEIGHTED):
+            w, c, f = paths.deepest(args)
+            depth = (w + 1, c + isinstance(m, _CONV), f + (not isinstance(m, _CONV)))
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    paths.put(t, depth)
+
+    device = next((t.device for t in model.parameters()), torch.device("cpu"))
+    x = torch.zeros(1, *input_size, device=device)
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), paths:
+            out = model(x)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    weight, conv, fc = paths.deepest(out)
+    ran = list(dict.fromkeys(called))  # first-call order, no repeats
+    kernels = sorted({tuple(m.kernel_size) for m in ran if isinstance(m, _CONV)},
+                     key=lambda k: (-math.prod(k), k))
+    names = [type(m).__name__.lower() for m in ran]
+    return {
+        "weight_layers": weight, "conv_layers": conv, "fc_layers": fc,
+        "kernels": [str(k[0]) if len(set(k)) == 1 else "x".join(map(str, k)) for k in kernels],
+        "fc_widths": [m.out_features for m in ran if isinstance(m, nn.Linear)],
+        "dropout": any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in ran),
+        "lrn": any(isinstance(m, nn.LocalResponseNorm) or "localresponse" in n or "lrn" in n
+                   for m, n in zip(ran, names)),
+        "batchnorm": any(isinstance(m, nn.modules.batchnorm._BatchNorm) or "batchnorm" in n
+                         for m, n in zip(ran, names)),
+    }
+
+
+def paper_errors(name: str) -> tuple[float | None, float | None]:
+    """(top-1, top-5) error the recipe called ``name`` reports, None where absent."""
+    from cnntrain.recipe import load_recipe
+
+    try:
+        reported = load_recipe(name).paper.reported
+    except CnnTrainError:
+        return None, None
+    return reported.get("top1_err"), reported.get("top5_err")
+
+
+def default_models() -> list[str]:
+    """Registered ImageNet models that have a recipe of the same name (else all ImageNet ones)."""
+    from cnntrain.models import list_models, model_info
+    from cnntrain.recipe import recipe_names
+
+    imagenet = [n for n in list_models() if model_info(n).input_size > 64]
+    recipes = set(recipe_names())
+    return [n for n in imagenet if n in recipes] or imagenet
+
+
+def compare_model(name: str) -> ArchRow:
+    from cnntrain.models import build_model, check_model_name, model_info
+
+    check_model_name(name)
+    info = model_info(name)
+    classes = 10 if info.input_size <= 32 else 1000
+    size = (1 if info.family == "lenet" else 3, info.input_size, info.input_size)
+    try:
+        with torch.device("meta"):
+            model = build_model(name, num_classes=classes)
+        shape, summary = structure(model, size), summarize(model, size, name=name)
+    except (NotImplementedError, RuntimeError):  # no meta kernel: measure for real
+        model = build_model(name, num_classes=classes)
+        shape, summary = structure(model, size), summarize(model, size, name=name)
+    top1, top5 = paper_errors(name)
+    return ArchRow(name, info.year, info.input_size, params=summary.params_run, macs=summary.macs,
+                   top1_err=top1, top5_err=top5, **shape)
+
+
+def compare_models(names: list[str] | None = None) -> list[ArchRow]:
+    rows = [compare_model(n) for n in (names or default_models())]
+    return rows if names else sorted(rows, key=lambda r: (r.year, r.macs))
+
+
+def to_dicts(rows: list[ArchRow]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in rows]
+
+
+def table(rows: list[ArchRow]) -> str:
+    head = ("model", "year", "layers", "conv", "kernels", "FC", "FC widths", "dropout", "LRN", "BN",
+            "params", "MACs", "top-1 err", "top-5 err")
+
+    def yes(flag: bool) -> str:
+        return "yes" if flag else "no"
+
+    def err(v: float | None) -> str:
+        return "-" if v is None else f"{v:g}%"
+
+    body = [(r.model, str(r.year), str(r.weight_layers), str(r.conv_layers), "/".join(r.kernels) or "-",
+             str(r.fc_layers), "/".join(map(str, r.fc_widths)) or "-", yes(r.dropout), yes(r.lrn),
+             yes(r.batchnorm), human(r.params), human(r.macs), err(r.top1_err), err(r.top5_err))
+            for r in rows]
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip() for x in [head, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    lines.append("layers: weight layers on the longest input-output path (conv + FC); params used at "
+                 "inference; MACs per image at the paper's input size; errors: the recipe's paper.reported")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the chart
+
+
+def _font(size: int):  # type: ignore[no-untyped-def]
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _ticks(lo: float, hi: float, target: int = 6) -> list[float]:
+    raw = (hi - lo) / target
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def plot(rows: list[ArchRow], path: str | Path, size: tuple[int, int] = (960, 640)) -> list[str]:
+    """Accuracy (100 - top-5 error, or top-1 where the paper gave no top-5) against MACs,
+    marker area proportional to parameters, each point labelled. Returns the models left
+    out for want of a reported error."""
+    from PIL import Image, ImageDraw
+
+    points = [(r, 100 - (r.top5_err if r.top5_err is not None else r.top1_err), r.top5_err is None)
+              for r in rows if r.top5_err is not None or r.top1_err is not None]
+    skipped = [r.model for r in rows if r.top5_err is None and r.top1_err is None]
+    if not points:
+        raise CnnTrainError("--plot: none of these models has a paper error (a recipe of the same "
+                            "name with paper.reported top5_err or top1_err); nothing to plot")
+    width, height = size
+    left, right, top, bottom = 90, 30, 60, 84
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img, "RGBA")
+    small, normal, big = _font(13), _font(15), _font(18)
+
+    xmax_g = max(r.macs for r, _, _ in points) / 1e9 * 1.12
+    xticks = _ticks(0, xmax_g)
+    x_hi = xticks[-1] if xticks[-1] >= xmax_g else xticks[-1] + (xticks[1] - xticks[0])
+    accs = [a for _, a, _ in points]
+    ylo, yhi = min(accs) - 4, min(100.0, max(accs) + 4)
+    yticks = _ticks(ylo, yhi)
+    ystep = yticks[1] - yticks[0] if len(yticks) > 1 else 5.0
+    y_lo, y_hi = math.floor(ylo / ystep) * ystep, min(100.0, math.ceil(yhi / ystep) * ystep)
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def px(g: float) -> float:
+        return left + g / x_hi * plot_w
+
+    def py(acc: float) -> float:
+        return top + (y_hi - acc) / (y_hi - y_lo) * plot_h
+
+    for g in _ticks(0, x_hi):
+        x = px(g)
+        draw.line([(x, top), (x, top + plot_h)], fill=(230, 230, 230))
+        draw.line([(x, top + plot_h), (x, top + plot_h + 5)], fill="black")
+        draw.text((x, top + plot_h + 8), f"{g:g}", fill="black", font=small, anchor="mt")
+    for a in _ticks(y_lo, y_hi):
+        y = py(a)
+        draw.line([(left, y), (left + plot_w, y)], fill=(230, 230, 230))
+        draw.line([(left - 5, y), (left, y)], fill="black")
+        draw.text((left - 8, y), f"{a:g}", fill="black", font=small, anchor="rm")
+    draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
+    draw.text((left + plot_w / 2, height - 44), "multiply-accumulates per image (G-MACs)", fill="black",
+              font=normal, anchor="mm")
+    label = Image.new("RGBA", (320, 24), (255, 255, 255, 0))
+    ImageDraw.Draw(label).text((160, 12), "accuracy (%): 100 - top-5 error", fill="black", font=normal,
+                               anchor="mm")
+    label = label.rotate(90, expand=True)
+    img.paste(label, (14, int(top + plot_h / 2 - label.height / 2)), label)
+    draw.text((width / 2, 24), "Accuracy against operations; marker area proportional to parameters",
+              fill="black", font=big, anchor="mm")
+
+    pmax = max(r.params for r, _, _ in points)
+    scale = min(3.5, 42 / math.sqrt(pmax / 1e6))  # pixels per sqrt(million parameters)
+    palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+               (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+    placed: list[tuple[float, float, float, float]] = []
+    marks = []
+    for i, (r, acc, top1) in enumerate(sorted(points, key=lambda p: -p[0].params)):
+        x, y = px(r.macs / 1e9), py(acc)
+        rad = max(3.0, scale * math.sqrt(r.params / 1e6))
+        color = palette[i % len(palette)]
+        draw.ellipse([x - rad, y - rad, x + rad, y + rad], fill=(*color, 110), outline=(*color, 255), width=2)
+        draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(*color, 255))
+        marks.append((r, acc, top1, x, y, rad))
+    for r, acc, top1, x, y, rad in marks:
+        text = f"{r.model} ({human(r.params)})" + (" top-1" if top1 else "")
+        tw = draw.textlength(text, font=small)
+        th = 14
+        options = [(x + rad + 4, y - th / 2), (x - rad - 4 - tw, y - th / 2), (x - tw / 2, y - rad - th - 3),
+                   (x - tw / 2, y + rad + 3), (x + rad * 0.7 + 3, y - rad * 0.7 - th),
+                   (x + rad * 0.7 + 3, y + rad * 0.7)]
+
+        def free(box: tuple[float, float, float, float]) -> bool:
+            inside = box[0] >= left + 2 and box[2] <= left + plot_w - 2 and box[1] >= top + 2 and \
+                box[3] <= top + plot_h - 2
+            return inside and not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+                                      for b in placed)
+
+        boxes = [(ox, oy, ox + tw, oy + th) for ox, oy in options]
+        box = next((b for b in boxes if free(b)), boxes[0])
+        placed.append(box)
+        draw.text((box[0], box[1]), text, fill="black", font=small)
+    key = f"top-1 accuracy where the paper gave no top-5; not plotted: {', '.join(skipped)}" if skipped \
+        else "top-1 accuracy where the paper gave no top-5"
+    if any(t for *_, t, _, _, _ in marks) or skipped:
+        draw.text((left + plot_w, height - 6), key, fill=(90, 90, 90), font=_font(11), anchor="rd")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG")
+    return skipped
