@@ -1,5 +1,22 @@
 """Architectures, one file per paper family, all reached through the registry."""
-from cnntrain.models import alexnet, lenet, resnet  # noqa: F401  (registers the models)
+from cnntrain.models import (  # noqa: F401  (registers the models)
+    alexnet,
+    lenet,
+    preact_resnet,
+    resnet,
+    wide_resnet,
+)
+    alexnet,
+    densenet,
+    fractalnet,
+    lenet,
+    preact_resnet,
+    resnet,
+    resnext,
+    senet,
+    stochastic_depth,
+    wide_resnet,
+)
 from cnntrain.models.registry import (
     ModelInfo,
     build_model,
