@@ -4,6 +4,7 @@ from cnntrain.models import (  # noqa: F401  (registers the models)
     lenet,
     preact_resnet,
     resnet,
+    resnext,
     wide_resnet,
 )
     alexnet,
