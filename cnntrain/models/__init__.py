@@ -5,6 +5,7 @@ from cnntrain.models import (  # noqa: F401  (registers the models)
     preact_resnet,
     resnet,
     resnext,
+    senet,
     stochastic_depth,
     wide_resnet,
 )
