@@ -1,6 +1,7 @@
 """Architectures, one file per paper family, all reached through the registry."""
 from cnntrain.models import (  # noqa: F401  (registers the models)
     alexnet,
+    densenet,
     lenet,
     preact_resnet,
     resnet,
