@@ -2,16 +2,6 @@
 from cnntrain.models import (  # noqa: F401  (registers the models)
     alexnet,
     densenet,
-    lenet,
-    preact_resnet,
-    resnet,
-    resnext,
-    senet,
-    stochastic_depth,
-    wide_resnet,
-)
-    alexnet,
-    densenet,
     fractalnet,
     lenet,
     preact_resnet,
