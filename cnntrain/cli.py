@@ -135,10 +135,12 @@ def recipes(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    typer.echo(f"{'recipe':<18}{'model':<12}{'dataset':<11}{'length':<10}paper's reported error")
+    wn = max(len(r["name"]) for r in rows) + 2
+    wa = max(len(r["arch"]) for r in rows) + 2
+    typer.echo(f"{'recipe':<{wn}}{'model':<{wa}}{'dataset':<11}{'length':<10}paper's reported error")
     for row in rows:
         err = ", ".join(f"{k} {v:g}%" for k, v in row["reported"].items()) or "-"
-        typer.echo(f"{row['name']:<18}{row['arch']:<12}{row['dataset']:<11}{row['length']:<10}{err}")
+        typer.echo(f"{row['name']:<{wn}}{row['arch']:<{wa}}{row['dataset']:<11}{row['length']:<10}{err}")
 
 
 @app.command()
@@ -159,9 +161,10 @@ def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    typer.echo(f"{'model':<14}{'year':<6}{'input':<7}{'params':>12}  paper")
+    width = max(len(r["name"]) for r in rows) + 2
+    typer.echo(f"{'model':<{width}}{'year':<6}{'input':<7}{'params':>13}  paper")
     for r in rows:
-        typer.echo(f"{r['name']:<14}{r['year']:<6}{r['input']:<7}{r['params']:>12,}  {r['paper']}")
+        typer.echo(f"{r['name']:<{width}}{r['year']:<6}{r['input']:<7}{r['params']:>13,}  {r['paper']}")
 
 
 @app.command()

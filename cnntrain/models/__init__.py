@@ -1,5 +1,22 @@
 """Architectures, one file per paper family, all reached through the registry."""
-from cnntrain.models import alexnet, googlenet, inception, lenet, nin, resnet, squeezenet, vgg, zfnet  # noqa: F401  (registers the models)
+from cnntrain.models import (  # noqa: F401  (importing registers the models)
+    alexnet,
+    densenet,
+    fractalnet,
+    googlenet,
+    inception,
+    lenet,
+    nin,
+    preact_resnet,
+    resnet,
+    resnext,
+    senet,
+    squeezenet,
+    stochastic_depth,
+    vgg,
+    wide_resnet,
+    zfnet,
+)
 from cnntrain.models.registry import (
     ModelInfo,
     build_model,

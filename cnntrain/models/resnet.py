@@ -13,6 +13,10 @@ blocks with 16, 32 and 64 filters on 32, 16 and 8 pixel maps, global average poo
 a linear classifier; identity shortcuts everywhere (option A: a stride-2 subsampling
 with zero-padded extra channels), so shortcuts add no parameters. n = 3, 5, 7, 9, 18,
 200 give ResNet-20, 32, 44, 56, 110, 1202 (0.27M ... 19.4M parameters).
+
+The successors reuse these classes: ``Bottleneck``/``ResNet`` take torchvision's
+``groups`` and ``width_per_group`` (ResNeXt, Wide ResNet-50-2) and ``ResNet`` and
+``CifarResNet`` take a block class (SENet, stochastic depth).
 """
 from __future__ import annotations
 
@@ -38,8 +42,10 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, cin: int, width: int, stride: int = 1, downsample: nn.Module | None = None,
-                 stride_in_1x1: bool = False) -> None:
+                 stride_in_1x1: bool = False, groups: int = 1, base_width: int = 64) -> None:
         super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock has no groups or width_per_group; use Bottleneck")
         self.conv1 = conv3x3(cin, width, stride)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
@@ -55,18 +61,24 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3, 1x1 expand to ``planes * 4``. With ``groups`` and ``base_width``
+    (torchvision's ``width_per_group``) the inner width is ``planes * base_width / 64 *
+    groups`` and the 3x3 is a grouped convolution: ResNeXt's block (Xie et al. 2017,
+    Fig. 3c) and Wide ResNet-50-2's (base_width 128) are this block."""
+
     expansion = 4
 
-    def __init__(self, cin: int, width: int, stride: int = 1, downsample: nn.Module | None = None,
-                 stride_in_1x1: bool = False) -> None:
+    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 stride_in_1x1: bool = False, groups: int = 1, base_width: int = 64) -> None:
         super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = conv1x1(cin, width, s1)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, width, s3)
+        self.conv2 = conv3x3(width, width, s3, groups)
         self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = conv1x1(width, width * self.expansion)
-        self.bn3 = nn.BatchNorm2d(width * self.expansion)
+        self.conv3 = conv1x1(width, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -94,14 +106,19 @@ def he_init(model: nn.Module, zero_init_residual: bool = False) -> None:
 
 
 class ResNet(nn.Module):
-    """ImageNet ResNet (Table 1 of the paper), torchvision-compatible names."""
+    """ImageNet ResNet (Table 1 of the paper), torchvision-compatible names.
+
+    ``groups`` and ``width_per_group`` are torchvision's (ResNeXt, Wide ResNet-50-2);
+    ``block_kwargs`` go to every block, for subclasses such as SENet's that take more."""
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: list[int],
                  num_classes: int = 1000, in_channels: int = 3, zero_init_residual: bool = False,
-                 stride_in_1x1: bool = False, dropout: float = 0.0) -> None:
+                 stride_in_1x1: bool = False, dropout: float = 0.0, groups: int = 1,
+                 width_per_group: int = 64, block_kwargs: dict | None = None) -> None:
         super().__init__()
         self.inplanes = 64
-        self.stride_in_1x1 = stride_in_1x1
+        self.block_kwargs = dict(stride_in_1x1=stride_in_1x1, groups=groups, base_width=width_per_group,
+                                 **(block_kwargs or {}))
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -122,9 +139,9 @@ class ResNet(nn.Module):
                 conv1x1(self.inplanes, width * block.expansion, stride),
                 nn.BatchNorm2d(width * block.expansion),
             )
-        layers = [block(self.inplanes, width, stride, downsample, self.stride_in_1x1)]
+        layers = [block(self.inplanes, width, stride, downsample, **self.block_kwargs)]
         self.inplanes = width * block.expansion
-        layers += [block(self.inplanes, width, stride_in_1x1=self.stride_in_1x1) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, width, **self.block_kwargs) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,7 +208,8 @@ class CifarBasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """6n+2-layer ResNet for 32x32 inputs (§4.2)."""
 
-    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3,
+                 block: type[CifarBasicBlock] = CifarBasicBlock) -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
@@ -201,8 +219,8 @@ class CifarResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         stages, cin = [], 16
         for width, stride in ((16, 1), (32, 2), (64, 2)):
-            blocks = [CifarBasicBlock(cin, width, stride)]
-            blocks += [CifarBasicBlock(width, width) for _ in range(n - 1)]
+            blocks = [block(cin, width, stride)]
+            blocks += [block(width, width) for _ in range(n - 1)]
             stages.append(nn.Sequential(*blocks))
             cin = width
         self.layer1, self.layer2, self.layer3 = stages
