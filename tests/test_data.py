@@ -152,3 +152,23 @@ def test_topk_on_hand_made_logits():
     meter = Meter((1, 2))
     meter.update(logits, target, loss=2.0)
     assert meter.result() == {"top1": 25.0, "top2": 75.0, "loss": 2.0, "samples": 4}
+
+
+def test_sample_order_and_augmentation_independent_of_workers_and_resume(tmp_path):
+    from cnntrain.data import EpochSampler, make_loader
+
+    root = write_cifar10(tmp_path, per_batch=4, test=2)
+    bundle = build_data(load_recipe("resnet20"), str(root))
+
+    def batches(workers: int, start: int = 0) -> torch.Tensor:
+        sampler = EpochSampler(len(bundle.train), seed=7)
+        sampler.set_epoch(3, start)
+        loader = make_loader(bundle.train, 4, workers=workers, sampler=sampler)
+        return torch.cat([images for images, _, _ in loader])
+
+    full = batches(0)
+    assert torch.equal(full, batches(2))  # same crops and flips whichever worker draws them
+    assert torch.equal(full[8:], batches(0, start=8))  # a resumed epoch continues identically
+    other = EpochSampler(len(bundle.train), seed=7)
+    other.set_epoch(4)
+    assert [i for i, _ in other] != [i for i, _ in EpochSampler(len(bundle.train), seed=7)]
