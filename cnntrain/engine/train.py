@@ -7,6 +7,7 @@ both written atomically, and one line per epoch in ``metrics.jsonl`` and TensorB
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -14,18 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from cnntrain import __version__
-from cnntrain.data import BatchPrep, DataBundle, build_data, default_workers, make_loader
+from cnntrain.data import BatchPrep, DataBundle, build_data, default_workers
+from cnntrain.engine import distributed
 from cnntrain.engine.checkpoint import FORMAT, load_checkpoint, model_meta, save_atomic, unwrap
-from cnntrain.engine.device import Precision, choose_precision, resolve_device, rng_state, seed_everything, set_rng_state
+from cnntrain.engine.device import Precision, choose_precision, rng_state, seed_everything, set_rng_state
 from cnntrain.engine.evaluate import evaluate
-from cnntrain.engine.metrics import Meter, RunLog
+from cnntrain.engine.metrics import Meter
 from cnntrain.engine.modelbuild import model_from_recipe
 from cnntrain.engine.optim import LRSchedule, build_optimizer
+from cnntrain.engine.step import FitStep, main_output, training_loss  # noqa: F401 - re-exported
 from cnntrain.errors import CnnTrainError
 from cnntrain.recipe import Recipe
 
@@ -38,29 +39,15 @@ class FitOptions:
     workers: int | None = None
     resume: str | None = None  # "auto" or a checkpoint path
     progress: bool = True
-
-
-def training_loss(outputs: Any, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """Cross-entropy of the main output; extra outputs are auxiliary heads (weight 0.3,
-    as GoogLeNet's paper added them)."""
-    if isinstance(outputs, (tuple, list)):
-        main, *aux = outputs
-        loss = F.cross_entropy(main, target, label_smoothing=label_smoothing)
-        for head in aux:
-            loss = loss + 0.3 * F.cross_entropy(head, target, label_smoothing=label_smoothing)
-        return loss
-    return F.cross_entropy(outputs, target, label_smoothing=label_smoothing)
-
-
-def main_output(outputs: Any) -> torch.Tensor:
-    return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+    strategy: str = "ddp"  # "dp": torch.nn.DataParallel over all visible GPUs in one process
 
 
 class Trainer:
     def __init__(self, recipe: Recipe, opts: FitOptions) -> None:
-        self.recipe, self.opts = recipe, opts
+        self.recipe = recipe
         self.out = Path(opts.out)
-        self.device = resolve_device(opts.device)
+        self.env, self.device = distributed.setup(opts.device, recipe.train.dist_timeout)
+        self.opts = dataclasses.replace(opts, progress=opts.progress and self.env.is_main)
         self.precision: Precision = choose_precision(self.device, recipe.train.amp, recipe.train.channels_last)
         seed_everything(recipe.train.seed)
         self.data: DataBundle = build_data(recipe, opts.data, train=True)
@@ -68,16 +55,18 @@ class Trainer:
         self.model = model_from_recipe(recipe, self.data.num_classes, self.data.channels).to(self.device)
         if self.precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = distributed.wrap_model(self.model, self.env, self.device, opts.strategy, recipe.train.sync_bn)
         self.optimizer = build_optimizer(self.model, recipe.optim)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler_needed)
         workers = opts.workers if opts.workers is not None else recipe.data.workers
-        self.workers = default_workers(self.data.kind) if workers is None else workers
+        self.workers = default_workers(self.data.kind, self.env.local_world) if workers is None else workers
         pin = self.device.type == "cuda"
-        self.train_loader = make_loader(self.data.train, recipe.optim.batch_size, shuffle=True,
-                                        workers=self.workers, seed=recipe.train.seed, pin_memory=pin)
-        eval_batch = recipe.eval.batch_size or recipe.optim.batch_size
-        self.val_loader = (make_loader(self.data.val, eval_batch, shuffle=False, workers=self.workers,
-                                       pin_memory=pin) if len(self.data.val) else None)
+        batch = distributed.per_process_batch(recipe.optim.batch_size, self.env, recipe.train.accumulate)
+        self.train_loader = distributed.train_loader(self.data.train, batch, self.env, recipe.train.seed,
+                                                     self.workers, pin)
+        eval_batch = max(1, (recipe.eval.batch_size or recipe.optim.batch_size) // self.env.world)
+        self.val_loader = (distributed.val_loader(self.data.val, eval_batch, self.env, self.workers, pin)
+                           if len(self.data.val) else None)
         self.steps_per_epoch = len(self.train_loader)
         limits = [recipe.train.iterations or math.inf,
                   (recipe.train.epochs or math.inf) * self.steps_per_epoch]
@@ -86,6 +75,9 @@ class Trainer:
         self.schedule = LRSchedule(recipe.schedule, recipe.optim.lr, self.steps_per_epoch, self.total_steps)
         self.prep = BatchPrep(self.data.mean, self.data.std, self.device, self.precision.channels_last,
                               recipe.augment.pca_lighting)
+        self.fit_step = FitStep(self.model, self.optimizer, self.scaler, self.prep, self.precision, self.device,
+                                label_smoothing=recipe.train.label_smoothing,
+                                accumulate=recipe.train.accumulate, env=self.env)
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimisation steps
         self.best_top1: float | None = None
@@ -154,8 +146,8 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, Any]:
         self.model.train()
+        distributed.set_epoch(self.train_loader, self.epoch)
         meter = Meter((1,))
-        smoothing = self.recipe.train.label_smoothing
         start, seen = time.perf_counter(), 0
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
                    disable=None if self.opts.progress else True, dynamic_ncols=True)
@@ -165,29 +157,21 @@ class Trainer:
             if self.step >= self.total_steps:
                 break
             if images.numel() == 0:
+                distributed.check_batch(images, self.env)
                 continue
             lr = self.schedule.apply(self.optimizer, self.step)
-            x = self.prep(images, train=True)
-            y = target.to(self.device, non_blocking=True)
-            with self.precision.autocast(self.device):
-                outputs = self.model(x)
-                loss = training_loss(outputs, y, smoothing)
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                self._nonfinite(loss_value, lr)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            logits, y, loss_value = self.fit_step(
+                images, target, check=lambda value: None if math.isfinite(value) else self._nonfinite(value, lr))
             self.step += 1
-            meter.update(main_output(outputs), y, loss_value)
+            meter.update(logits, y, loss_value)
             seen += int(y.shape[0])
             rate = seen / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(loss=f"{meter.loss:.3f}", top1=f"{meter.accuracy(1):.1f}", lr=f"{lr:.3g}",
                             ips=f"{rate:.0f}", refresh=False)
         elapsed = time.perf_counter() - start
+        meter = distributed.reduce_meter(meter, self.env, self.device)  # every process's samples
         return {"train_loss": meter.loss, "train_top1": meter.accuracy(1), "lr": lr,
-                "images_per_s": seen / max(elapsed, 1e-9), "epoch_time_s": elapsed}
+                "images_per_s": meter.samples / max(elapsed, 1e-9), "epoch_time_s": elapsed}
 
     def _note_skipped(self, skipped: list) -> None:
         if not skipped:
@@ -213,9 +197,10 @@ class Trainer:
         if self.val_loader is None:
             return {}
         ks = (1, self.recipe.eval.topk)
-        (meter,), skipped = evaluate([self.model], self.val_loader, [self.prep], self.device,
-                                     self.precision, ks, progress=self.opts.progress)
+        (meter,), skipped = evaluate([distributed.eval_model(self.model)], self.val_loader, [self.prep],
+                                     self.device, self.precision, ks, progress=self.opts.progress)
         self._note_skipped(skipped)
+        meter = distributed.reduce_meter(meter, self.env, self.device)  # each sample once, over all shards
         result = meter.result()
         return {f"val_{k}": v for k, v in result.items()}
 
@@ -223,14 +208,17 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.opts.resume:
             self.resume(self.opts.resume)
-        (self.out / "recipe.toml").write_text(self.recipe.to_toml())
+            distributed.agree(self.env, self.step, "the step to resume from")
+        if self.env.is_main:
+            (self.out / "recipe.toml").write_text(self.recipe.to_toml())
         for note in self.data.notes:
             print(f"note: {note}")
         print(f"fit {self.recipe.name}: {self.recipe.model.arch} on {self.data.kind} "
               f"({len(self.data.train)} train / {len(self.data.val)} val, {self.data.num_classes} classes), "
-              f"{self.device} {self.precision.describe()}, {self.epochs} epochs x {self.steps_per_epoch} steps "
+              f"{distributed.describe(self.env, self.device, self.model)} {self.precision.describe()}, "
+              f"{self.epochs} epochs x {self.steps_per_epoch} steps "
               f"-> {self.out}")
-        log = RunLog(self.out)
+        log = distributed.run_log(self.out, self.env)
         record: dict[str, Any] = {}
         try:
             while self.epoch < self.epochs and self.step < self.total_steps:
@@ -248,7 +236,8 @@ class Trainer:
                     self.best_top1 = top1 if improved else self.best_top1
                 elif self.val_loader is None:
                     improved = True  # nothing to compare: best is the latest
-                self.save(improved)
+                if self.env.is_main:
+                    self.save(improved)
                 record = {"epoch": self.epoch, "step": self.step, **record,
                           "skipped": len(self.skipped) - skipped_before}
                 log.epoch(record)
@@ -273,4 +262,6 @@ class Trainer:
 
 
 def fit(recipe: Recipe, opts: FitOptions) -> dict[str, Any]:
-    return Trainer(recipe, opts).run()
+    result = Trainer(recipe, opts).run()
+    distributed.teardown()  # not on errors: the process is ending, and peers must see its error first
+    return result
