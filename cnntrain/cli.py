@@ -6,6 +6,7 @@ User errors (:class:`CnnTrainError`) print one line on stderr and exit with code
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -34,16 +35,25 @@ def fit(
     lr: Optional[float] = typer.Option(None, "--lr", help="Sets optim.lr."),
     set_: List[str] = typer.Option([], "--set", help="Override a recipe key: --set optim.lr=0.05 (repeatable)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (one per GPU)."),
+    nproc: int = typer.Option(1, "--nproc", help="DDP processes on this machine (one per GPU; Gloo on CPU)."),
+    strategy: str = typer.Option("ddp", "--strategy",
+                                 help="ddp (DistributedDataParallel) or dp (DataParallel, one process, all GPUs)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading processes (default: from the cores)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sets train.seed."),
     resume: Optional[str] = typer.Option(None, "--resume", help="'auto' (OUT/last.pt if present) or a checkpoint path."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the tqdm bar."),
 ) -> None:
-    """Train a recipe; writes recipe.toml, last.pt, best.pt, metrics.jsonl and TensorBoard logs."""
+    """Train a recipe; writes recipe.toml, last.pt, best.pt, metrics.jsonl and TensorBoard logs.
+
+    Several GPUs: --nproc N on one machine, or torchrun on several
+    (torchrun --nnodes M --nproc-per-node N ... -m cnntrain fit ...).
+    optim.batch_size is the global batch, split across the processes."""
+    from cnntrain.engine import distributed
     from cnntrain.engine.train import FitOptions
     from cnntrain.engine.train import fit as run_fit
     from cnntrain.recipe import load_recipe
+
+    distributed.check_launch(nproc, device, strategy)
 
     overrides = list(set_)
     if batch_size is not None:
@@ -57,12 +67,13 @@ def fit(
     r = load_recipe(recipe, overrides)
     if epochs is not None:
         r.train.iterations = None
-    if nproc != 1:
-        raise CnnTrainError("--nproc other than 1 needs the distributed engine, which this version lacks; "
-                            "run one process")
     opts = FitOptions(out=out or Path("runs") / r.name, data=data, device=device, workers=workers,
-                      resume=resume, progress=progress)
-    run_fit(r, opts)
+                      resume=resume, progress=progress, strategy=strategy)
+    if nproc > 1:
+        distributed.per_process_batch(r.optim.batch_size, distributed.DistEnv(world=nproc), r.train.accumulate)
+        distributed.launch(run_fit, (r, opts), nproc, debug=_state["debug"])
+    else:
+        run_fit(r, opts)
 
 
 @app.command("eval")
@@ -76,8 +87,10 @@ def eval_(
     device: str = typer.Option("auto", "--device"),
     workers: Optional[int] = typer.Option(None, "--workers"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    nproc: int = typer.Option(1, "--nproc", help="Evaluate a shard in each of N processes (one per GPU)."),
 ) -> None:
     """Top-1 and top-K accuracy, loss and sample count of a checkpoint."""
+    from cnntrain.engine import distributed
     from cnntrain.engine.evaluate import eval_checkpoint, write_json
 
     if split not in ("val", "train"):
@@ -86,8 +99,15 @@ def eval_(
         raise CnnTrainError(f"--crops {crops}: use 1 or 10")
     if topk is not None and topk < 1:
         raise CnnTrainError("--topk must be at least 1")
-    result = eval_checkpoint(checkpoint, data, split, topk, crops, device, workers, batch_size)
-    write_json(result, json_out)
+    distributed.check_launch(nproc, device, "ddp")
+    args = (checkpoint, data, split, topk, crops, device, workers, batch_size)
+    if nproc > 1:
+        result = distributed.launch(eval_checkpoint, args, nproc, debug=_state["debug"])
+    else:
+        result = eval_checkpoint(*args)
+        distributed.teardown()
+    if distributed.env_from_environ().is_main:
+        write_json(result, json_out)
 
 
 @app.command()
@@ -208,15 +228,30 @@ def compare(
         typer.echo(f"wrote {plot}{note}")
 
 
+def _record_for_torchrun(exc: BaseException) -> None:
+    """Under torchrun, leave the error where the launcher reports it from."""
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        try:
+            from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+            ErrorHandler().record_exception(exc)
+        except Exception:  # noqa: BLE001 - reporting must never hide the error itself
+            pass
+
+
 def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         app(args=argv, prog_name="cnntrain")
     except CnnTrainError as exc:
+        _record_for_torchrun(exc)
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        _record_for_torchrun(exc)
+        raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

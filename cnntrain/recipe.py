@@ -106,12 +106,15 @@ class TrainSection:
     seed: int = 0
     label_smoothing: float = 0.0
     amp: str = _choice("auto", "auto", "off", "bf16", "fp16")  # auto: bf16 on CUDA, off on CPU
-    channels_last: str = _choice("auto", "auto", "on", "off")  # auto: on for CUDA only
+    channels_last: str = _choice("auto", "auto", "on", "off")  # auto: see engine/device.py
     eval_every: int = 1  # epochs between validations
     save_every_steps: int = 0  # also write last.pt every N optimisation steps (0: per epoch only)
     on_nonfinite: str = _choice("stop", "stop", "skip")  # a NaN/inf loss stops the run, or skips the step
     max_nonfinite_steps: int = 10  # with "skip": stop once this many steps were skipped
     deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-repeatable runs on GPU)
+    accumulate: int = 1  # micro-batches per optimiser step (optim.batch_size stays the global batch)
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA, more than one process)
+    dist_timeout: int = 1800  # seconds a process waits in a collective before the job fails
 
 
 @dataclass
@@ -353,7 +356,8 @@ def _check_consistency(recipe: Recipe, where: str) -> None:
     if train.epochs is None and train.iterations is None:
         raise CnnTrainError(f"{where}: set train.epochs or train.iterations")
     for key, value in (("train.epochs", train.epochs), ("train.iterations", train.iterations),
-                       ("optim.batch_size", recipe.optim.batch_size),
+                       ("optim.batch_size", recipe.optim.batch_size), ("train.accumulate", train.accumulate),
+                       ("train.dist_timeout", train.dist_timeout),
                        ("data.train_size", recipe.data.train_size)):
         if value is not None and value <= 0:
             raise CnnTrainError(f"{where}: {key} must be positive, got {value}")
@@ -361,6 +365,11 @@ def _check_consistency(recipe: Recipe, where: str) -> None:
         raise CnnTrainError(f"{where}: optim.lr must be positive, got {recipe.optim.lr}")
     if recipe.schedule.name == "multistep" and not recipe.schedule.milestones:
         raise CnnTrainError(f"{where}: schedule.name = \"multistep\" needs schedule.milestones")
+    if recipe.optim.batch_size % train.accumulate:
+        raise CnnTrainError(
+            f"{where}: optim.batch_size {recipe.optim.batch_size} is not divisible by train.accumulate "
+            f"{train.accumulate}; the micro-batches must be equal"
+        )
     if recipe.eval.topk < 1:
         raise CnnTrainError(f"{where}: eval.topk must be at least 1")
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import cnntrain.engine.checkpoint as checkpoint
-import cnntrain.engine.train as train_module
+import cnntrain.engine.step as step_module
 from cnntrain.data.folder import read_image
 from cnntrain.engine.checkpoint import load_checkpoint, save_atomic
 from cnntrain.errors import CnnTrainError
@@ -153,7 +153,7 @@ def test_resume_auto_falls_back_past_a_damaged_checkpoint(tmp_path, capsys):
 
 
 def nan_at(step: int, monkeypatch) -> None:
-    original = train_module.training_loss
+    original = step_module.training_loss
     calls = {"n": 0}
 
     def poisoned(outputs, target, smoothing):
@@ -161,7 +161,7 @@ def nan_at(step: int, monkeypatch) -> None:
         loss = original(outputs, target, smoothing)
         return loss * float("nan") if calls["n"] == step else loss
 
-    monkeypatch.setattr(train_module, "training_loss", poisoned)
+    monkeypatch.setattr(step_module, "training_loss", poisoned)
 
 
 def test_nan_loss_stops_with_step_lr_and_last_good_checkpoint(tmp_path, capsys, monkeypatch):

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from cnntrain.data.cifar import find_cifar, load_cifar
 from cnntrain.data.digits import CLASSES as DIGIT_CLASSES
 from cnntrain.data.digits import TensorImages, load_digits_split, mean_std
 from cnntrain.data.folder import ImageFolderDataset, Skipped, load_folder
-from cnntrain.data.sampler import EpochSampler, SeededSamples
+from cnntrain.data.sampler import EpochSampler, shard
 from cnntrain.data.synthetic import SyntheticImages
 from cnntrain.data.transforms import BatchPrep, EvalTransform, TrainTransform
 from cnntrain.errors import CnnTrainError
@@ -123,19 +123,31 @@ def build_data(recipe: Recipe, data: str | None, *, train: bool = True, crops: i
                       tuple(mean), tuple(std), notes)
 
 
-def default_workers(kind: str) -> int:
+def default_workers(kind: str, processes: int = 1) -> int:
+    """Loader processes per training process: none for in-memory data, else the cores
+    shared among the ``processes`` training processes on this machine (at most 8 each)."""
     if kind in IN_MEMORY:
         return 0
-    return max(1, min(8, (os.cpu_count() or 1)))
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, processes)))
 
 
 def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[Skipped]]:
-    """Stack the readable samples; hand the unreadable ones back for counting."""
+    """Stack the readable samples; hand the unreadable ones back for counting.
+
+    In a loader worker the batch is stacked straight into shared memory, as torch's
+    default collate does, so handing it to the main process copies nothing more.
+    """
     good = [(img, label) for img, label in batch if not isinstance(img, Skipped)]
     skipped = [img for img, _ in batch if isinstance(img, Skipped)]
     if not good:
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped
-    images = torch.stack([img for img, _ in good])
+    first = good[0][0]
+    out = None
+    if get_worker_info() is not None:
+        numel = first.numel() * len(good)
+        storage = first.untyped_storage()._new_shared(numel * first.element_size())
+        out = first.new(storage).view(len(good), *first.shape)
+    images = torch.stack([img for img, _ in good], out=out)
     labels = torch.tensor([label for _, label in good], dtype=torch.long)
     return images, labels, skipped
 
@@ -149,13 +161,12 @@ def _worker_init(_worker_id: int) -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, workers: int, sampler=None,
-                pin_memory: bool = False) -> DataLoader:
-    """A loader in the given sample order (sequential when ``sampler`` is None).
+                pin_memory: bool = False, persistent: bool = False) -> DataLoader:
+    """A loader of uint8 batches in the sampler's order (sequential when None).
 
-    With an :class:`EpochSampler` the dataset is wrapped so each sample's augmentation
-    runs under its own seed (see ``cnntrain.data.sampler``)."""
-    if sampler is not None:
-        dataset = SeededSamples(dataset)
+    With an :class:`EpochSampler` every key is (index, augmentation seed), so a sample's
+    random view is the same whichever worker draws it; that is what makes
+    ``persistent`` workers (kept across epochs) safe for exact resumes."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -166,7 +177,9 @@ def make_loader(dataset: Dataset, batch_size: int, *, workers: int, sampler=None
         pin_memory=pin_memory,
         worker_init_fn=_worker_init if workers > 0 else None,
         prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=persistent and workers > 0,
     )
 
 
-__all__ = ["BatchPrep", "DataBundle", "EpochSampler", "Skipped", "build_data", "default_workers", "detect", "make_loader"]
+__all__ = ["BatchPrep", "DataBundle", "EpochSampler", "Skipped", "build_data", "default_workers", "detect",
+           "make_loader", "shard"]

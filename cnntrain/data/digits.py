@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cnntrain.data.sampler import sample_key
+
 CLASSES = [str(d) for d in range(10)]
 VAL_FRACTION = 0.2
 SPLIT_SEED = 0
@@ -46,8 +48,9 @@ class TensorImages(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        index, generator = sample_key(key)
         img = self.images[index]
         if self.transform is not None:
-            img = self.transform(img)
+            img = self.transform(img, generator)
         return img, int(self.labels[index])

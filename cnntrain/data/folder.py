@@ -6,6 +6,9 @@ decode with libjpeg-turbo/libpng through ``torchvision.io``, anything else throu
 Pillow; CMYK, grey, palette, RGBA and 16-bit images all come out as 8-bit RGB. A file
 that cannot be decoded becomes a :class:`Skipped` marker that the loader counts and
 reports instead of crashing a worker.
+
+Training views of JPEGs are drawn from the header before decoding, so a view that
+shrinks the image enough is decoded at a reduced scale (:mod:`cnntrain.data.fastjpeg`).
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 
+from cnntrain.data import fastjpeg
+from cnntrain.data.sampler import sample_key
 from cnntrain.errors import CnnTrainError
 
 _NATIVE = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"RIFF")
@@ -56,6 +61,11 @@ def read_image(path: str) -> torch.Tensor:
     """Decode any image file to uint8 RGB (3, H, W); raises on unreadable data."""
     with open(path, "rb") as fh:
         raw = fh.read()
+    return decode_bytes(raw)
+
+
+def decode_bytes(raw: bytes) -> torch.Tensor:
+    """Decode an image file's bytes to uint8 RGB (3, H, W); raises on unreadable data."""
     if not raw:
         raise ValueError("empty file")
     if raw[:4].startswith(_NATIVE):
@@ -91,21 +101,47 @@ def _read_with_pil(raw: bytes) -> torch.Tensor:
         return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy())
 
 
+def decode_view(raw: bytes, transform, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Decode ``raw`` and apply ``transform`` (a Train- or EvalTransform), decoding a JPEG
+    at 1/2, 1/4 or 1/8 scale when the view it draws allows (see :mod:`fastjpeg`)."""
+    size = fastjpeg.jpeg_size(raw)
+    if size is None or not hasattr(transform, "draw"):
+        img = decode_bytes(raw)
+        return transform(img, generator) if transform is not None else img
+    params = transform.draw(*size, generator)
+    reduction = fastjpeg.reduction_for(transform.max_reduction(*size, params))
+    img = None
+    if reduction > 1:
+        try:
+            img = fastjpeg.decode_reduced(raw, size, reduction)
+        except Exception:  # noqa: BLE001 - let the full decoder give the verdict on this file
+            img = None
+    if img is None:
+        img = fastjpeg.channels_last(decode_bytes(raw))
+    if tuple(img.shape[-2:]) != size and reduction == 1:
+        size = tuple(img.shape[-2:])  # the header lied; the view was drawn for another size
+        params = transform.draw(*size, generator)
+    return transform.apply(img, params, size)
+
+
 class ImageFolderDataset(Dataset):
+    """Samples of an ImageNet-style folder; keys are indices or (index, augmentation seed)."""
+
     def __init__(self, samples: list[tuple[str, int]], transform=None) -> None:
         self.samples, self.transform = samples, transform
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        index, generator = sample_key(key)
         path, label = self.samples[index]
         try:
-            img = read_image(path)
+            with open(path, "rb") as fh:
+                raw = fh.read()
+            img = decode_view(raw, self.transform, generator)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file, not a crash
             return Skipped(path, f"{type(exc).__name__}: {exc}"), label
-        if self.transform is not None:
-            img = self.transform(img)
         return img, label
 
 

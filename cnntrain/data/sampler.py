@@ -6,6 +6,11 @@ therefore a pure function of (seed, epoch, position): the same whatever the numb
 loader workers, whichever worker draws it, and after a restart in the middle of an epoch
 (``start`` skips the samples already trained on). With several processes each rank takes
 every ``world``-th position of the padded permutation, as DistributedSampler does.
+
+The datasets take such a key (``sample_key``) and draw the sample's random view from a
+generator seeded with it, never from global RNG state. Evaluation shards are
+``indices[rank::world]`` (``shard``): no padding, so every sample is counted once when
+the processes add up their counts.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import math
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, Subset
 
 
 class EpochSampler(Sampler):
@@ -51,17 +56,16 @@ class EpochSampler(Sampler):
         return max(0, self.per_rank - self.start)
 
 
-class SeededSamples(Dataset):
-    """Runs the wrapped dataset's random transforms under each sample's own seed."""
+def sample_key(key) -> tuple[int, torch.Generator | None]:
+    """A dataset key is an index, or (index, augmentation seed) from :class:`EpochSampler`."""
+    if isinstance(key, tuple):
+        index, seed = key
+        return int(index), torch.Generator().manual_seed(int(seed))
+    return int(key), None
 
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
 
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, item: tuple[int, int]):
-        index, seed = item
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.base[index]
+def shard(dataset: Dataset, world: int, rank: int) -> Dataset:
+    """Every ``world``-th sample from ``rank`` on, without padding (evaluation)."""
+    if world <= 1:
+        return dataset
+    return Subset(dataset, range(rank, len(dataset), world))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
+from cnntrain.data.sampler import sample_key
+
 
 class SyntheticImages(Dataset):
     def __init__(self, samples: int, num_classes: int, channels: int, size: int, seed: int,
@@ -17,10 +19,11 @@ class SyntheticImages(Dataset):
     def __len__(self) -> int:
         return self.samples
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        index, aug_generator = sample_key(key)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         img = torch.randint(0, 256, (self.channels, self.size, self.size), dtype=torch.uint8, generator=gen)
         label = int(torch.randint(0, self.num_classes, (), generator=gen))
         if self.transform is not None:
-            img = self.transform(img)
+            img = self.transform(img, aug_generator)
         return img, label

@@ -34,6 +34,15 @@ IMAGENET_EIGVEC = torch.tensor([
 ])
 
 
+def shorter_side_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """(height, width) after resizing the shorter side to ``size`` (torchvision's rounding)."""
+    if min(h, w) == size:
+        return h, w
+    if w <= h:
+        return int(size * h / w), size
+    return size, int(size * w / h)
+
+
 def resize_shorter(img: torch.Tensor, size: int) -> torch.Tensor:
     h, w = img.shape[-2:]
     if min(h, w) == size:
@@ -48,25 +57,31 @@ def center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     return TF.center_crop(img, [size, size])
 
 
-def random_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+def _randint(high: int, generator: torch.Generator | None) -> int:
+    """Uniform integer in [0, high)."""
+    return int(torch.randint(0, high, (), generator=generator).item())
+
+
+def random_crop(img: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
     h, w = img.shape[-2:]
-    top = int(torch.randint(0, h - size + 1, ()).item())
-    left = int(torch.randint(0, w - size + 1, ()).item())
+    top = _randint(h - size + 1, generator)
+    left = _randint(w - size + 1, generator)
     return img[..., top:top + size, left:left + size]
 
 
-def random_resized_params(h: int, w: int, scale: list[float], ratio: list[float]) -> tuple[int, int, int, int]:
+def random_resized_params(h: int, w: int, scale: list[float], ratio: list[float],
+                          generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
     """A crop box (top, left, height, width) as Inception's data augmentation draws it."""
     area = h * w
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
-        target = area * float(torch.empty(()).uniform_(scale[0], scale[1]))
-        aspect = math.exp(float(torch.empty(()).uniform_(*log_ratio)))
+        target = area * float(torch.empty(()).uniform_(scale[0], scale[1], generator=generator))
+        aspect = math.exp(float(torch.empty(()).uniform_(*log_ratio, generator=generator)))
         cw = int(round(math.sqrt(target * aspect)))
         ch = int(round(math.sqrt(target / aspect)))
         if 0 < cw <= w and 0 < ch <= h:
-            top = int(torch.randint(0, h - ch + 1, ()).item())
-            left = int(torch.randint(0, w - cw + 1, ()).item())
+            top = _randint(h - ch + 1, generator)
+            left = _randint(w - cw + 1, generator)
             return top, left, ch, cw
     # Fallback: the largest centred crop within the ratio range.
     in_ratio = w / h
@@ -79,29 +94,80 @@ def random_resized_params(h: int, w: int, scale: list[float], ratio: list[float]
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
+def _scaled_box(box: tuple[int, int, int, int], src_hw: tuple[int, int],
+                img_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A box drawn on the ``src_hw`` image, in the coordinates of the same image decoded
+    at a reduced size ``img_hw`` (a JPEG decoded at 1/2, 1/4 or 1/8 scale)."""
+    if src_hw == img_hw:
+        return box
+    top, left, h, w = box
+    sy, sx = img_hw[0] / src_hw[0], img_hw[1] / src_hw[1]
+    t, l = min(int(round(top * sy)), img_hw[0] - 1), min(int(round(left * sx)), img_hw[1] - 1)
+    return t, l, max(1, min(int(round(h * sy)), img_hw[0] - t)), max(1, min(int(round(w * sx)), img_hw[1] - l))
+
+
 class TrainTransform:
-    """Random training view of a uint8 (C, H, W) image."""
+    """Random training view of a uint8 (C, H, W) image.
+
+    The random draws (``draw``) need only the image size, so a JPEG reader can draw them
+    from the header, decode at a reduced scale when the view allows it (``max_reduction``)
+    and then ``apply`` them; ``__call__`` is ``apply(img, draw(h, w))``. Draws take an
+    optional generator, so a sample's view can be a function of (seed, epoch, index).
+    """
 
     def __init__(self, data: DataSection, augment: AugmentSection) -> None:
         self.size = data.train_size
         self.eval_resize = data.eval_resize or data.train_size
         self.aug = augment
 
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+    def draw(self, h: int, w: int, generator: torch.Generator | None = None) -> tuple:
         size, aug = self.size, self.aug
+        box: tuple | None = None
         if aug.crop == "resized":
-            top, left, h, w = random_resized_params(*img.shape[-2:], aug.scale, aug.ratio)
+            box = random_resized_params(h, w, aug.scale, aug.ratio, generator)
+        elif aug.crop == "random":
+            rh, rw = shorter_side_size(h, w, max(aug.resize, size))
+            box = (_randint(rh - size + 1, generator), _randint(rw - size + 1, generator))
+        elif aug.crop == "pad":
+            box = (_randint(2 * aug.pad + 1, generator), _randint(2 * aug.pad + 1, generator))
+        flip = bool(aug.hflip and torch.rand((), generator=generator) < 0.5)
+        return box, flip
+
+    def max_reduction(self, h: int, w: int, params: tuple) -> float:
+        """How many times smaller than (h, w) the image may be decoded for this view
+        without any upsampling that the full-size image would not have needed."""
+        box, _ = params
+        crop = self.aug.crop
+        if crop == "resized":
+            return min(box[2], box[3]) / self.size
+        if crop == "random":
+            return min(h, w) / max(self.aug.resize, self.size)
+        return min(h, w) / (self.size if crop == "pad" else max(self.eval_resize, self.size))
+
+    def apply(self, img: torch.Tensor, params: tuple, src_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """The view ``params`` (drawn for an image of size ``src_hw``, default: img's own)."""
+        size, aug = self.size, self.aug
+        box, flip = params
+        if aug.crop == "resized":
+            hw = tuple(img.shape[-2:])
+            top, left, h, w = _scaled_box(box, src_hw or hw, hw)
             img = TF.resized_crop(img, top, left, h, w, [size, size], antialias=True)
         elif aug.crop == "random":
-            img = random_crop(resize_shorter(img, max(aug.resize, size)), size)
+            img = resize_shorter(img, max(aug.resize, size))
+            h, w = img.shape[-2:]
+            top, left = min(box[0], h - size), min(box[1], w - size)  # a reduced decode may round down
+            img = img[..., top:top + size, left:left + size]
         elif aug.crop == "pad":
             img = center_crop(resize_shorter(img, size), size)
-            img = random_crop(TF.pad(img, [aug.pad]), size)
+            img = TF.pad(img, [aug.pad])[..., box[0]:box[0] + size, box[1]:box[1] + size]
         else:
             img = center_crop(resize_shorter(img, self.eval_resize), size)
-        if aug.hflip and torch.rand(()) < 0.5:
+        if flip:
             img = TF.horizontal_flip(img)
         return img.contiguous()
+
+    def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.apply(img, self.draw(*img.shape[-2:], generator))
 
 
 class EvalTransform:
@@ -112,44 +178,60 @@ class EvalTransform:
         self.resize = data.eval_resize or data.train_size
         self.crops = crops
 
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+    def draw(self, h: int, w: int, generator: torch.Generator | None = None) -> tuple:
+        return ()
+
+    def max_reduction(self, h: int, w: int, params: tuple) -> float:
+        return min(h, w) / max(self.resize, self.size)
+
+    def apply(self, img: torch.Tensor, params: tuple = (), src_hw: tuple[int, int] | None = None) -> torch.Tensor:
         img = resize_shorter(img, max(self.resize, self.size))
         if self.crops == 10:
             return torch.stack(TF.ten_crop(img, [self.size, self.size]))
         return center_crop(img, self.size).contiguous()
 
+    def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.apply(img)
 
-def pca_lighting(batch: torch.Tensor, std: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """AlexNet's colour augmentation on a float batch in [0, 1] (N, 3, H, W): add
-    ``eigvec @ (alpha * eigval)`` per image, alpha ~ N(0, std), to every pixel."""
+
+def pca_lighting(batch: torch.Tensor, std: float, generator: torch.Generator | None = None,
+                 value_scale: float = 1.0) -> torch.Tensor:
+    """AlexNet's colour augmentation on a float batch (N, 3, H, W) of values in
+    [0, ``value_scale``]: add ``eigvec @ (alpha * eigval)`` (times ``value_scale``) per
+    image, alpha ~ N(0, std), to every pixel."""
     if std <= 0 or batch.shape[1] != 3:
         return batch
     alpha = torch.randn(batch.shape[0], 3, generator=generator) * std
     vec, val = IMAGENET_EIGVEC, IMAGENET_EIGVAL
-    shift = (alpha * val) @ vec.T  # (N, 3): sum_j eigvec[:, j] * alpha_j * eigval_j
+    shift = (alpha * val) @ vec.T * value_scale  # (N, 3): sum_j eigvec[:, j] * alpha_j * eigval_j
     return batch + shift.to(batch.device, batch.dtype)[:, :, None, None]
 
 
 class BatchPrep:
-    """uint8 batch on the host -> normalised float batch on the device."""
+    """uint8 batch on the host -> normalised float batch on the device.
+
+    The memory-format change happens on the uint8 batch (a quarter of the bytes), the
+    float conversion keeps that format, and the normalisation runs in place as one
+    multiply-add, so the float batch is written once and updated once.
+    """
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
                  channels_last: bool = False, lighting: float = 0.0) -> None:
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+        mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        std_t = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+        self.mean, self.std = mean_t, std_t
+        self.scale, self.shift = 1 / std_t, -mean_t / std_t  # (x - mean) / std = x * scale + shift
         self.device = device
         self.channels_last = channels_last
         self.lighting = lighting
 
     def __call__(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True)
-        crops = x.shape[1] if x.ndim == 5 else 0
-        if crops:
+        if x.ndim == 5:  # (N, crops, C, H, W)
             x = x.flatten(0, 1)
-        x = x.float()
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt)
+        x = x.float() if x.dtype != torch.float32 else x.clone()  # never normalise the caller's tensor
         if train and self.lighting > 0:
-            x = pca_lighting(x / 255, self.lighting) * 255
-        x = (x - self.mean) / self.std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+            x = pca_lighting(x, self.lighting, value_scale=255.0)
+        return x.mul_(self.scale).add_(self.shift)

@@ -16,6 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cnntrain.data import BatchPrep, DataBundle, build_data, default_workers, make_loader
+from cnntrain.engine import distributed
 from cnntrain.engine.checkpoint import build_from_checkpoint, load_checkpoint
 from cnntrain.engine.device import Precision, choose_precision, resolve_device
 from cnntrain.engine.metrics import Meter
@@ -109,7 +110,7 @@ def _paper_line(recipe: Recipe, crops: int) -> str | None:
 def eval_checkpoint(path: str, data: str | None = None, split: str = "val", topk: int | None = None,
                     crops: int | None = None, device: str = "auto", workers: int | None = None,
                     batch_size: int | None = None, progress: bool = True) -> dict[str, Any]:
-    dev = resolve_device(device)
+    env, dev = distributed.setup(device)  # several processes under torchrun or `eval --nproc`
     model, meta, recipe = _load_member(path, dev, choose_precision(dev, "auto", "auto"))
     precision = choose_precision(dev, recipe.train.amp, recipe.train.channels_last)
     crops = crops or recipe.eval.crops
@@ -117,14 +118,19 @@ def eval_checkpoint(path: str, data: str | None = None, split: str = "val", topk
     bundle = build_data(recipe, data if data is not None else meta.get("data"), train=False,
                         crops=crops, split=split)
     _check_classes(path, meta, bundle)
-    loader = make_loader(bundle.val, batch_size or recipe.eval.batch_size or recipe.optim.batch_size,
-                         workers=default_workers(bundle.kind) if workers is None else workers,
-                         pin_memory=dev.type == "cuda")
+    loader = distributed.val_loader(
+        bundle.val, batch_size or recipe.eval.batch_size or recipe.optim.batch_size, env,
+        default_workers(bundle.kind, env.local_world) if workers is None else workers, dev.type == "cuda")
     prep = BatchPrep(tuple(meta["mean"]), tuple(meta["std"]), dev, precision.channels_last)
-    (meter,), skipped = evaluate([model], loader, [prep], dev, precision, (1, k), progress=progress)
+    (meter,), skipped = evaluate([model], loader, [prep], dev, precision, (1, k),
+                                 progress=progress and env.is_main)
+    meter = distributed.reduce_meter(meter, env, dev)
+    (n_skipped,) = distributed.sum_ints([len(skipped)], env, dev)
     result = meter.result()
     result.update(checkpoint=str(path), arch=meta["arch"], split=split, crops=crops,
-                  skipped=len(skipped), paper=dict(recipe.paper.reported))
+                  skipped=n_skipped, paper=dict(recipe.paper.reported))
+    if env.enabled:
+        result["processes"] = env.world
     line = (f"{path}  {meta['arch']}  {split}  {result['samples']} images  {crops}-crop  "
             f"top1 {result['top1']:.2f}%  top{k} {result[f'top{k}']:.2f}%  loss {result['loss']:.4f}")
     print(line)
@@ -133,6 +139,8 @@ def eval_checkpoint(path: str, data: str | None = None, split: str = "val", topk
         print(paper)
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s): {', '.join(b.path for b in skipped[:5])}")
+    elif n_skipped:
+        print(f"skipped {n_skipped} unreadable file(s) on other processes")
     return result
 
 

@@ -15,6 +15,7 @@ code 75; a non-finite loss stops with code 3 (or skips the step, if the recipe s
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -23,18 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from cnntrain import __version__
-from cnntrain.data import BatchPrep, DataBundle, EpochSampler, build_data, default_workers, make_loader
+from cnntrain.data import BatchPrep, DataBundle, build_data, default_workers
+from cnntrain.engine import distributed
 from cnntrain.engine.checkpoint import FORMAT, load_checkpoint, model_meta, save_atomic, unwrap
-from cnntrain.engine.device import Precision, choose_precision, resolve_device, rng_state, seed_everything, set_rng_state
+from cnntrain.engine.device import Precision, choose_precision, rng_state, seed_everything, set_rng_state
 from cnntrain.engine.evaluate import evaluate
-from cnntrain.engine.metrics import Meter, RunLog
+from cnntrain.engine.metrics import Meter
 from cnntrain.engine.modelbuild import model_from_recipe
 from cnntrain.engine.optim import LRSchedule, build_optimizer
+from cnntrain.engine.step import FitStep, main_output, training_loss  # noqa: F401 - re-exported
 from cnntrain.engine.signals import GracefulStop, TrainingStopped
 from cnntrain.errors import CnnTrainError
 
@@ -54,29 +55,15 @@ class FitOptions:
     workers: int | None = None
     resume: str | None = None  # "auto" or a checkpoint path
     progress: bool = True
-
-
-def training_loss(outputs: Any, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """Cross-entropy of the main output; extra outputs are auxiliary heads (weight 0.3,
-    as GoogLeNet's paper added them)."""
-    if isinstance(outputs, (tuple, list)):
-        main, *aux = outputs
-        loss = F.cross_entropy(main, target, label_smoothing=label_smoothing)
-        for head in aux:
-            loss = loss + 0.3 * F.cross_entropy(head, target, label_smoothing=label_smoothing)
-        return loss
-    return F.cross_entropy(outputs, target, label_smoothing=label_smoothing)
-
-
-def main_output(outputs: Any) -> torch.Tensor:
-    return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+    strategy: str = "ddp"  # "dp": torch.nn.DataParallel over all visible GPUs in one process
 
 
 class Trainer:
     def __init__(self, recipe: Recipe, opts: FitOptions) -> None:
-        self.recipe, self.opts = recipe, opts
+        self.recipe = recipe
         self.out = Path(opts.out)
-        self.device = resolve_device(opts.device)
+        self.env, self.device = distributed.setup(opts.device, recipe.train.dist_timeout)
+        self.opts = dataclasses.replace(opts, progress=opts.progress and self.env.is_main)
         self.precision: Precision = choose_precision(self.device, recipe.train.amp, recipe.train.channels_last)
         seed_everything(recipe.train.seed, recipe.train.deterministic)
         self.data: DataBundle = build_data(recipe, opts.data, train=True)
@@ -84,19 +71,20 @@ class Trainer:
         self.model = model_from_recipe(recipe, self.data.num_classes, self.data.channels).to(self.device)
         if self.precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = distributed.wrap_model(self.model, self.env, self.device, opts.strategy, recipe.train.sync_bn)
         self.optimizer = build_optimizer(self.model, recipe.optim)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler_needed)
         workers = opts.workers if opts.workers is not None else recipe.data.workers
-        self.workers = default_workers(self.data.kind) if workers is None else workers
+        self.workers = default_workers(self.data.kind, self.env.local_world) if workers is None else workers
         pin = self.device.type == "cuda"
-        self.sampler = EpochSampler(len(self.data.train), recipe.train.seed)
-        batch = recipe.optim.batch_size
-        self.train_loader = make_loader(self.data.train, batch, workers=self.workers, sampler=self.sampler,
-                                        pin_memory=pin)
-        eval_batch = recipe.eval.batch_size or batch
-        self.val_loader = (make_loader(self.data.val, eval_batch, workers=self.workers, pin_memory=pin)
+        self.batch = distributed.per_process_batch(recipe.optim.batch_size, self.env, recipe.train.accumulate)
+        self.train_loader = distributed.train_loader(self.data.train, self.batch, self.env, recipe.train.seed,
+                                                     self.workers, pin)
+        self.sampler = self.train_loader.sampler
+        eval_batch = max(1, (recipe.eval.batch_size or recipe.optim.batch_size) // self.env.world)
+        self.val_loader = (distributed.val_loader(self.data.val, eval_batch, self.env, self.workers, pin)
                            if len(self.data.val) else None)
-        self.steps_per_epoch = math.ceil(self.sampler.per_rank / batch)
+        self.steps_per_epoch = math.ceil(self.sampler.per_rank / self.batch)
         limits = [recipe.train.iterations or math.inf,
                   (recipe.train.epochs or math.inf) * self.steps_per_epoch]
         self.total_steps = int(min(limits))
@@ -104,6 +92,9 @@ class Trainer:
         self.schedule = LRSchedule(recipe.schedule, recipe.optim.lr, self.steps_per_epoch, self.total_steps)
         self.prep = BatchPrep(self.data.mean, self.data.std, self.device, self.precision.channels_last,
                               recipe.augment.pca_lighting)
+        self.fit_step = FitStep(self.model, self.optimizer, self.scaler, self.prep, self.precision, self.device,
+                                label_smoothing=recipe.train.label_smoothing,
+                                accumulate=recipe.train.accumulate, env=self.env)
         self.epoch = 0  # completed epochs
         self.epoch_step = 0  # completed steps within the current epoch
         self.step = 0  # completed optimisation steps
@@ -187,7 +178,8 @@ class Trainer:
         self.nonfinite_skipped = payload["counters"]["nonfinite_skipped"]
         self.amp_skipped = payload["counters"]["amp_skipped"]
         set_rng_state(payload["rng"])
-        self._truncate_metrics()
+        if self.env.is_main:
+            self._truncate_metrics()
         print(f"resume: {path} at epoch {self.epoch}, step {self.step}"
               f"{f' ({self.epoch_step} into epoch {self.epoch + 1})' if self.epoch_step else ''}")
 
@@ -214,9 +206,8 @@ class Trainer:
         if self.epoch_step == 0:
             self.meter = Meter((1,))
         meter = self.meter
-        smoothing = self.recipe.train.label_smoothing
         save_every = self.recipe.train.save_every_steps
-        self.sampler.set_epoch(self.epoch, self.epoch_step * self.recipe.optim.batch_size)
+        self.sampler.set_epoch(self.epoch, self.epoch_step * self.batch)
         start, seen = time.perf_counter(), 0
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
                    initial=self.epoch_step, total=self.steps_per_epoch,
@@ -227,41 +218,40 @@ class Trainer:
             if self.step >= self.total_steps:
                 break
             lr = self.schedule.apply(self.optimizer, self.step)
-            if images.numel():
-                seen += self._train_step(images, target, smoothing, lr, meter)
+            if images.numel() == 0:
+                distributed.check_batch(images, self.env)
+            else:
+                seen += self._train_step(images, target, lr, meter)
             self.step += 1
             self.epoch_step += 1
             rate = seen / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(loss=f"{meter.loss:.3f}", top1=f"{meter.accuracy(1):.1f}", lr=f"{lr:.3g}",
                             ips=f"{rate:.0f}", refresh=False)
-            if self.stop.requested:
+            if distributed.any_flag(self.stop.requested is not None, self.env, self.device):
                 self._stop_now()
             if save_every and self.step % save_every == 0 and self.epoch_step < self.steps_per_epoch:
                 self.save()
         elapsed = time.perf_counter() - start
+        meter = distributed.reduce_meter(meter, self.env, self.device)  # every process's samples
+        seen = seen * self.env.world
         return {"train_loss": meter.loss, "train_top1": meter.accuracy(1), "lr": lr,
                 "images_per_s": seen / max(elapsed, 1e-9), "epoch_time_s": elapsed}
 
-    def _train_step(self, images: torch.Tensor, target: torch.Tensor, smoothing: float, lr: float,
-                    meter: Meter) -> int:
-        x = self.prep(images, train=True)
-        y = target.to(self.device, non_blocking=True)
-        with self.precision.autocast(self.device):
-            outputs = self.model(x)
-            loss = training_loss(outputs, y, smoothing)
-        loss_value = float(loss.detach())
-        self.optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(loss_value):
-            self._nonfinite(loss_value, lr)
+    def _train_step(self, images: torch.Tensor, target: torch.Tensor, lr: float, meter: Meter) -> int:
+        """One optimiser step; returns the images it trained on (0 for a skipped step)."""
+        logits, y, loss_value = self.fit_step(images, target, check=lambda value: self._check_loss(value, lr))
+        if not self.fit_step.stepped:
             return 0
-        self.scaler.scale(loss).backward()
-        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if scale is not None and self.scaler.get_scale() < scale:
-            self.amp_skipped += 1  # fp16 overflow: the scaler skipped this update, by design
-        meter.update(main_output(outputs), y, loss_value)
+        self.amp_skipped += self.fit_step.overflowed  # fp16 overflow: skipped by the scaler, by design
+        meter.update(logits, y, loss_value)
         return int(y.shape[0])
+
+    def _check_loss(self, value: float, lr: float) -> bool:
+        """False skips the update (train.on_nonfinite = "skip"); stopping raises."""
+        if math.isfinite(value):
+            return True
+        self._nonfinite(value, lr)
+        return False
 
     def _note_skipped(self, skipped: list) -> None:
         if not skipped:
@@ -292,9 +282,10 @@ class Trainer:
         )
 
     def _stop_now(self) -> None:
-        self.save()
+        if self.env.is_main:
+            self.save()
         raise TrainingStopped(
-            f"stopped by {self.stop.requested} after step {self.step} (epoch {self.epoch + 1}); "
+            f"stopped by {self.stop.requested or 'a signal to another process'} after step {self.step} (epoch {self.epoch + 1}); "
             f"checkpoint {self.out / 'last.pt'}; continue with --resume auto"
         )
 
@@ -302,9 +293,10 @@ class Trainer:
         if self.val_loader is None:
             return {}
         ks = (1, self.recipe.eval.topk)
-        (meter,), skipped = evaluate([self.model], self.val_loader, [self.prep], self.device,
-                                     self.precision, ks, progress=self.opts.progress)
+        (meter,), skipped = evaluate([distributed.eval_model(self.model)], self.val_loader, [self.prep],
+                                     self.device, self.precision, ks, progress=self.opts.progress)
         self._note_skipped(skipped)
+        meter = distributed.reduce_meter(meter, self.env, self.device)  # each sample once, over all shards
         result = meter.result()
         return {f"val_{k}": v for k, v in result.items()}
 
@@ -312,14 +304,16 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.opts.resume:
             self.resume(self.opts.resume)
-        (self.out / "recipe.toml").write_text(self.recipe.to_toml())
+            distributed.agree(self.env, self.step, "the step to resume from")
+        if self.env.is_main:
+            (self.out / "recipe.toml").write_text(self.recipe.to_toml())
         for note in self.data.notes:
             print(f"note: {note}")
         print(f"fit {self.recipe.name}: {self.recipe.model.arch} on {self.data.kind} "
               f"({len(self.data.train)} train / {len(self.data.val)} val, {self.data.num_classes} classes), "
-              f"{self.device} {self.precision.describe()}, {self.epochs} epochs x {self.steps_per_epoch} steps "
-              f"-> {self.out}")
-        log = RunLog(self.out)
+              f"{distributed.describe(self.env, self.device, self.model)} {self.precision.describe()}, "
+              f"{self.epochs} epochs x {self.steps_per_epoch} steps -> {self.out}")
+        log = distributed.run_log(self.out, self.env)
         record: dict[str, Any] = {}
         try:
             with self.stop:
@@ -352,11 +346,12 @@ class Trainer:
                   "skipped": len(self.skipped) - skipped_before,
                   "nonfinite_skipped": self.nonfinite_skipped, "amp_skipped": self.amp_skipped}
         log.epoch(record)  # before the checkpoint: a kill in between re-runs and rewrites it
-        self.save(improved)
+        if self.env.is_main:
+            self.save(improved)
         print(self._epoch_line(record))
-        if self.stop.requested:
+        if distributed.any_flag(self.stop.requested is not None, self.env, self.device):
             raise TrainingStopped(
-                f"stopped by {self.stop.requested} at the end of epoch {self.epoch}; "
+                f"stopped by {self.stop.requested or 'a signal to another process'} at the end of epoch {self.epoch}; "
                 f"checkpoint {self.out / 'last.pt'}; continue with --resume auto"
             )
         return record
@@ -376,4 +371,6 @@ class Trainer:
 
 
 def fit(recipe: Recipe, opts: FitOptions) -> dict[str, Any]:
-    return Trainer(recipe, opts).run()
+    result = Trainer(recipe, opts).run()
+    distributed.teardown()  # not on errors: the process is ending, and peers must see its error first
+    return result

@@ -1,0 +1,79 @@
+"""JPEG decoding for the training pipeline: read the size from the header, draw the
+random view, then decode only as finely as that view needs.
+
+libjpeg-turbo can decode a JPEG at 1/2, 1/4 or 1/8 of its size by running smaller
+inverse DCTs (Pillow's ``Image.draft``), which skips most of the decoding work. It is
+used only when the view then still shrinks the image, never enlarges it: the crop box
+(or the resized image) must keep at least the output's size at the reduced scale, so
+the result is the full-size pipeline's up to resampling rounding. Otherwise the file is
+decoded at full size by libjpeg-turbo through ``torchvision.io.decode_jpeg``.
+
+Crop, resize and flip then run on uint8 tensors laid out channels-last (height, width,
+channels in memory), which is what torch's SIMD uint8 antialiased resize is fastest on.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+# Start-of-frame markers that carry the image size (not DHT 0xC4, JPG 0xC8, DAC 0xCC).
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_NO_LENGTH = frozenset([0x01, *range(0xD0, 0xD9)])
+
+
+def jpeg_size(raw: bytes) -> tuple[int, int] | None:
+    """(height, width) of a JPEG from its start-of-frame header, or None if ``raw`` is not
+    a JPEG whose header can be read."""
+    n = len(raw)
+    if n < 4 or raw[0] != 0xFF or raw[1] != 0xD8:
+        return None
+    i = 2
+    while i + 3 < n:
+        if raw[i] != 0xFF:
+            return None
+        marker = raw[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _NO_LENGTH:
+            i += 2
+            continue
+        if marker in _SOF:
+            if i + 9 > n:
+                return None
+            h = (raw[i + 5] << 8) | raw[i + 6]
+            w = (raw[i + 7] << 8) | raw[i + 8]
+            return (h, w) if h and w else None
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        i += 2 + ((raw[i + 2] << 8) | raw[i + 3])
+    return None
+
+
+def reduction_for(max_reduction: float) -> int:
+    """The largest of 8, 4, 2, 1 not above ``max_reduction``."""
+    for r in (8, 4, 2):
+        if max_reduction >= r:
+            return r
+    return 1
+
+
+def decode_reduced(raw: bytes, size: tuple[int, int], reduction: int) -> torch.Tensor:
+    """Decode at 1/``reduction`` scale in the DCT domain: uint8 (3, h, w), channels-last memory."""
+    from PIL import Image
+
+    h, w = size
+    with Image.open(io.BytesIO(raw)) as im:
+        # draft() picks the largest power-of-two scale that keeps at least this size.
+        im.draft("RGB", (max(1, w // reduction), max(1, h // reduction)))
+        arr = np.array(im.convert("RGB") if im.mode != "RGB" else im, dtype=np.uint8)
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def channels_last(img: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) uint8 with height-width-channel memory (a copy unless already so)."""
+    if img.stride(0) == 1:
+        return img
+    return img.permute(1, 2, 0).contiguous().permute(2, 0, 1)
