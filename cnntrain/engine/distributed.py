@@ -106,14 +106,19 @@ def _rank_device(spec: str, env: DistEnv) -> torch.device:
 
 
 def setup(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[DistEnv, torch.device]:
-    """Join the process group if this process was launched as one of several, and pick
-    its device. Processes other than rank 0 stop printing to stdout."""
+    """Join the process group if this process was launched as one of several, pick its
+    device (and tune the process for it). Processes other than rank 0 stop printing to
+    stdout."""
     from cnntrain.engine.device import resolve_device
 
+    from cnntrain.engine.device import tune_cpu_process
+
     env = env_from_environ()
+    dev = resolve_device(device) if not env.enabled else _rank_device(device, env)
+    if dev.type == "cpu":
+        tune_cpu_process()
     if not env.enabled:
-        return env, resolve_device(device)
-    dev = _rank_device(device, env)
+        return env, dev
     if not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
