@@ -245,10 +245,19 @@ def val_loader(dataset, batch_size: int, env: DistEnv, workers: int, pin_memory:
                        pin_memory=pin_memory)
 
 
-def set_epoch(loader, epoch: int) -> None:
+def begin_epoch(loader, epoch: int, env: DistEnv, seed: int) -> None:
+    """Point the sampler at ``epoch``. With several processes, also re-derive this
+    process's global RNGs (dropout, PCA lighting) from (seed, epoch, rank): the ranks then
+    draw different noise, and a run resumed at an epoch boundary draws what the
+    uninterrupted run drew, without per-rank RNG states in the checkpoint."""
     sampler = getattr(loader, "sampler", None)
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
+    if env.enabled:
+        from cnntrain.data.sampling import sample_seed
+        from cnntrain.engine.device import seed_everything
+
+        seed_everything(sample_seed(seed, epoch, -1 - env.rank))
 
 
 def check_batch(images: torch.Tensor, env: DistEnv) -> None:

@@ -146,7 +146,7 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, Any]:
         self.model.train()
-        distributed.set_epoch(self.train_loader, self.epoch)
+        distributed.begin_epoch(self.train_loader, self.epoch, self.env, self.recipe.train.seed)
         meter = Meter((1,))
         start, seen = time.perf_counter(), 0
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
