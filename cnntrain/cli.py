@@ -228,6 +228,72 @@ def compare(
         typer.echo(f"wrote {plot}{note}")
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Measure cnntrain against a plain PyTorch baseline.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("data")
+def bench_data(
+    data: str = typer.Option(..., "--data", help="ImageNet-style root (train/CLASS/*.jpg); see bench make-jpegs."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Loader workers for both (default: the cores)."),
+    batches: int = typer.Option(20, "--batches", help="Timed batches per round."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    warmup: int = typer.Option(3, "--warmup", help="Untimed batches first (worker start-up)."),
+    repeats: int = typer.Option(2, "--repeats", help="Rounds, alternating baseline and cnntrain; medians reported."),
+    recipe: str = typer.Option("resnet50", "--recipe", help="Whose training augmentation to run."),
+    device: str = typer.Option("auto", "--device"),
+    json_out: Optional[str] = typer.Option(None, "--json"),
+) -> None:
+    """Training-input images/s: cnntrain's pipeline vs torchvision ImageFolder + PIL transforms."""
+    from cnntrain.engine.bench import bench_data as run
+    from cnntrain.engine.evaluate import write_json
+
+    if min(batches, batch_size, repeats) < 1 or warmup < 0:
+        raise CnnTrainError("--batches, --batch-size and --repeats must be at least 1, --warmup at least 0")
+    write_json(run(data, recipe, workers, batches, batch_size, warmup, repeats, device), json_out)
+
+
+@bench_app.command("train")
+def bench_train(
+    recipe: str = typer.Option(..., "--recipe", "-r"),
+    steps: int = typer.Option(10, "--steps", help="Timed steps per round."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default: the recipe's."),
+    set_: List[str] = typer.Option([], "--set", help="Override a recipe key (e.g. train.channels_last=off)."),
+    device: str = typer.Option("auto", "--device"),
+    warmup: int = typer.Option(3, "--warmup"),
+    repeats: int = typer.Option(3, "--repeats", help="Rounds, alternating the contenders; medians reported."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (cnntrain and same-settings loop)."),
+    json_out: Optional[str] = typer.Option(None, "--json"),
+) -> None:
+    """Training-step images/s: cnntrain's fit step vs a bare PyTorch loop, on synthetic data."""
+    from cnntrain.engine.bench import bench_train as run
+    from cnntrain.engine.evaluate import write_json
+
+    if min(steps, repeats) < 1 or warmup < 0:
+        raise CnnTrainError("--steps and --repeats must be at least 1, --warmup at least 0")
+    write_json(run(recipe, steps, batch_size, device, list(set_), warmup, repeats, compile_model), json_out)
+
+
+@bench_app.command("make-jpegs")
+def bench_make_jpegs(
+    out: Path = typer.Argument(..., help="Folder to create (OUT/train/classK/*.jpg)."),
+    count: int = typer.Option(1000, "--count", help="Training images."),
+    classes: int = typer.Option(10, "--classes"),
+    val: int = typer.Option(0, "--val", help="Validation images (OUT/val)."),
+    size: str = typer.Option("500x375", "--size", help="WIDTHxHEIGHT."),
+    quality: int = typer.Option(90, "--quality"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write ImageNet-sized photo-like JPEGs for `bench data` (no real ImageNet needed)."""
+    from cnntrain.engine.bench import make_jpegs
+
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise CnnTrainError(f"--size {size!r}: expected WIDTHxHEIGHT, e.g. 500x375") from None
+    make_jpegs(out, count, classes, val, (w, h), quality, seed)
+
+
 def _record_for_torchrun(exc: BaseException) -> None:
     """Under torchrun, leave the error where the launcher reports it from."""
     if os.environ.get("TORCHELASTIC_ERROR_FILE"):

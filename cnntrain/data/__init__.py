@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from cnntrain.data.cifar import find_cifar, load_cifar
 from cnntrain.data.digits import CLASSES as DIGIT_CLASSES
 from cnntrain.data.digits import TensorImages, load_digits_split, mean_std
+from cnntrain.data.fastjpeg import is_hwc
 from cnntrain.data.folder import ImageFolderDataset, Skipped, load_folder
 from cnntrain.data.sampler import EpochSampler, shard
 from cnntrain.data.synthetic import SyntheticImages
@@ -142,12 +143,18 @@ def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[Skipped]]:
     if not good:
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped
     first = good[0][0]
+    # Samples decoded height-width-channel (JPEGs) stay so: the batch is NHWC in memory,
+    # an (N, C, H, W) view in channels_last format.
+    hwc = first.dim() == 3 and is_hwc(first)
+    parts = [img.permute(1, 2, 0) if hwc else img for img, _ in good]
     out = None
     if get_worker_info() is not None:
         numel = first.numel() * len(good)
         storage = first.untyped_storage()._new_shared(numel * first.element_size())
-        out = first.new(storage).view(len(good), *first.shape)
-    images = torch.stack([img for img, _ in good], out=out)
+        out = first.new(storage).view(len(good), *parts[0].shape)
+    images = torch.stack(parts, out=out)
+    if hwc:
+        images = images.permute(0, 3, 1, 2)
     labels = torch.tensor([label for _, label in good], dtype=torch.long)
     return images, labels, skipped
 

@@ -72,8 +72,22 @@ def decode_reduced(raw: bytes, size: tuple[int, int], reduction: int) -> torch.T
     return torch.from_numpy(arr).permute(2, 0, 1)
 
 
+def is_hwc(img: torch.Tensor) -> bool:
+    """Whether a (C, H, W) tensor is dense with height-width-channel memory order."""
+    c, h, w = img.shape
+    return img.stride() == (1, w * c, c)
+
+
 def channels_last(img: torch.Tensor) -> torch.Tensor:
-    """(C, H, W) uint8 with height-width-channel memory (a copy unless already so)."""
-    if img.stride(0) == 1:
+    """(C, H, W) uint8 with dense height-width-channel memory (a copy unless already so)."""
+    if is_hwc(img):
         return img
     return img.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+
+
+def dense_like(img: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """``img`` made dense in the memory order of ``source`` (HWC when the source was
+    decoded HWC, so that no sample is reordered on the way to the batch)."""
+    if img.dim() == 3 and source.dim() == 3 and source.stride(0) == 1:
+        return channels_last(img)
+    return img.contiguous()

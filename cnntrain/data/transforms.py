@@ -1,7 +1,9 @@
 """Image transforms on uint8 tensors, and the float preparation done on the device.
 
 Samples stay uint8 (C, H, W) from decoding through crop, resize and flip, so workers
-move a quarter of the bytes float32 would need; conversion to float, AlexNet's PCA
+move a quarter of the bytes float32 would need (JPEGs are decoded and kept in
+height-width-channel memory order, which the uint8 resize is fastest on and which a
+channels_last model wants anyway); conversion to float, AlexNet's PCA
 lighting and the per-dataset normalisation run on whole batches on the training device
 (:class:`BatchPrep`).
 
@@ -23,6 +25,7 @@ import math
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from cnntrain.data.fastjpeg import dense_like
 from cnntrain.recipe import AugmentSection, DataSection
 
 # Krizhevsky et al. 2012 §4.1: principal components of ImageNet RGB pixel values (0-1 scale).
@@ -148,6 +151,7 @@ class TrainTransform:
         """The view ``params`` (drawn for an image of size ``src_hw``, default: img's own)."""
         size, aug = self.size, self.aug
         box, flip = params
+        source = img
         if aug.crop == "resized":
             hw = tuple(img.shape[-2:])
             top, left, h, w = _scaled_box(box, src_hw or hw, hw)
@@ -164,7 +168,7 @@ class TrainTransform:
             img = center_crop(resize_shorter(img, self.eval_resize), size)
         if flip:
             img = TF.horizontal_flip(img)
-        return img.contiguous()
+        return dense_like(img, source)
 
     def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(img, self.draw(*img.shape[-2:], generator))
@@ -185,10 +189,11 @@ class EvalTransform:
         return min(h, w) / max(self.resize, self.size)
 
     def apply(self, img: torch.Tensor, params: tuple = (), src_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        source = img
         img = resize_shorter(img, max(self.resize, self.size))
         if self.crops == 10:
             return torch.stack(TF.ten_crop(img, [self.size, self.size]))
-        return center_crop(img, self.size).contiguous()
+        return dense_like(center_crop(img, self.size), source)
 
     def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(img)
@@ -210,9 +215,9 @@ def pca_lighting(batch: torch.Tensor, std: float, generator: torch.Generator | N
 class BatchPrep:
     """uint8 batch on the host -> normalised float batch on the device.
 
-    The memory-format change happens on the uint8 batch (a quarter of the bytes), the
-    float conversion keeps that format, and the normalisation runs in place as one
-    multiply-add, so the float batch is written once and updated once.
+    The memory-format change happens on the uint8 batch (a quarter of the bytes), and
+    conversion and normalisation are one multiply-add from uint8 to float, so the float
+    batch is written once.
     """
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
@@ -231,7 +236,7 @@ class BatchPrep:
             x = x.flatten(0, 1)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         x = x.contiguous(memory_format=fmt)
-        x = x.float() if x.dtype != torch.float32 else x.clone()  # never normalise the caller's tensor
         if train and self.lighting > 0:
-            x = pca_lighting(x, self.lighting, value_scale=255.0)
-        return x.mul_(self.scale).add_(self.shift)
+            x = pca_lighting(x.float(), self.lighting, value_scale=255.0)
+        # one pass: uint8 in, float out (type promotion), memory format kept
+        return torch.addcmul(self.shift, x, self.scale)

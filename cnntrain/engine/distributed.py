@@ -106,14 +106,19 @@ def _rank_device(spec: str, env: DistEnv) -> torch.device:
 
 
 def setup(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[DistEnv, torch.device]:
-    """Join the process group if this process was launched as one of several, and pick
-    its device. Processes other than rank 0 stop printing to stdout."""
+    """Join the process group if this process was launched as one of several, pick its
+    device (and tune the process for it). Processes other than rank 0 stop printing to
+    stdout."""
     from cnntrain.engine.device import resolve_device
 
+    from cnntrain.engine.device import tune_cpu_process
+
     env = env_from_environ()
+    dev = resolve_device(device) if not env.enabled else _rank_device(device, env)
+    if dev.type == "cpu":
+        tune_cpu_process()
     if not env.enabled:
-        return env, resolve_device(device)
-    dev = _rank_device(device, env)
+        return env, dev
     if not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
@@ -238,6 +243,18 @@ def val_loader(dataset, batch_size: int, env: DistEnv, workers: int, pin_memory:
 
     return make_loader(shard(dataset, env.world, env.rank), batch_size, workers=workers,
                        pin_memory=pin_memory)
+
+
+def reseed_rank(env: DistEnv, seed: int, epoch: int, start: int = 0) -> None:
+    """With several processes, re-derive this process's global RNGs (dropout, PCA
+    lighting) from (seed, epoch, rank, position): the ranks draw different noise, and a
+    run resumed at an epoch boundary draws what the uninterrupted run drew without
+    per-rank RNG states in the checkpoint. (One process keeps its RNG state in the
+    checkpoint instead, which makes even mid-epoch resumes bitwise exact.)"""
+    if env.enabled:
+        from cnntrain.engine.device import seed_everything
+
+        seed_everything(((seed * 1_000_003 + epoch) * 1_000_033 + start) * 1_009 + env.rank)
 
 
 def check_batch(images: torch.Tensor, env: DistEnv) -> None:

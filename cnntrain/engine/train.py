@@ -208,6 +208,7 @@ class Trainer:
         meter = self.meter
         save_every = self.recipe.train.save_every_steps
         self.sampler.set_epoch(self.epoch, self.epoch_step * self.batch)
+        distributed.reseed_rank(self.env, self.recipe.train.seed, self.epoch, self.epoch_step)
         start, seen = time.perf_counter(), 0
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
                    initial=self.epoch_step, total=self.steps_per_epoch,

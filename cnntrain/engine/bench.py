@@ -1,0 +1,315 @@
+"""Benchmarks behind ``cnntrain bench``: each measures cnntrain and a plain-PyTorch
+baseline in the same run, on the same machine, and prints the ratio.
+
+- ``bench data``: training-time images/s of cnntrain's input pipeline (the training
+  loader and the on-device batch preparation of a recipe, ``resnet50`` by default:
+  random-resized 224 crops and flips) against torchvision's ImageFolder + PIL +
+  RandomResizedCrop(224) + RandomHorizontalFlip + ToTensor + Normalize, with the same
+  number of loader workers, over the same JPEGs. Warm-up batches (worker start-up) are
+  not timed.
+- ``bench train``: images/s of cnntrain's training step (the same :class:`FitStep`,
+  learning-rate update and accuracy bookkeeping ``fit`` runs, under the recipe's
+  precision and memory-format policy) on synthetic data, against a bare PyTorch loop
+  (same model, batch and SGD; fp32, NCHW), and against a bare loop with the engine's
+  settings, which isolates the engine's own overhead.
+- ``bench make-jpegs``: an ImageFolder of ImageNet-sized JPEGs to run ``bench data`` on.
+
+Runs alternate the contenders (A B A B ...) so that load from other programs affects
+both alike, and report the median of each. On CPU the whole benchmark process gets the
+engine's CPU tuning (:func:`~cnntrain.engine.device.tune_cpu_process`), baselines
+included, so the ratios do not count that tuning in cnntrain's favour.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnntrain.errors import CnnTrainError
+
+# --------------------------------------------------------------------------- make-jpegs
+
+
+def _photo_like(rng: np.random.Generator, w: int, h: int):
+    """A synthetic 'photo': smooth colour fields, shapes with soft edges, fine texture and
+    sensor-like noise, so that JPEG decoding costs what it costs on real photographs."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    base = Image.fromarray(rng.integers(0, 256, (rng.integers(3, 7), rng.integers(4, 9), 3), dtype=np.uint8))
+    img = base.resize((w, h), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(8, 20))):
+        x0, y0 = int(rng.integers(-w // 4, w)), int(rng.integers(-h // 4, h))
+        x1, y1 = x0 + int(rng.integers(8, w // 2)), y0 + int(rng.integers(8, h // 2))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        kind = int(rng.integers(0, 3))
+        if kind == 0:
+            draw.ellipse([x0, y0, x1, y1], fill=colour)
+        elif kind == 1:
+            draw.rectangle([x0, y0, x1, y1], fill=colour)
+        else:
+            draw.line([x0, y0, x1, y1], fill=colour, width=int(rng.integers(1, 8)))
+    img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.2))))
+    arr = np.asarray(img, dtype=np.int16)
+    # Texture: noise at a few scales (grass, fabric, foliage), then per-pixel sensor noise.
+    texture = np.zeros((h, w), np.float32)
+    for cell in (2, 4, 16):
+        small = rng.normal(0, 1, (h // cell + 1, w // cell + 1)).astype(np.float32)
+        texture += np.kron(small, np.ones((cell, cell), np.float32))[:h, :w] * (24 / cell ** 0.5)
+    noise = rng.normal(0, 6, (h, w, 3)).astype(np.float32)
+    out = np.clip(arr + texture[..., None] + noise, 0, 255).astype(np.uint8)
+    return Image.fromarray(out)
+
+
+def make_jpegs(out: Path, count: int = 1000, classes: int = 10, val: int = 0, size: tuple[int, int] = (500, 375),
+               quality: int = 90, seed: int = 0) -> dict[str, Any]:
+    """Write ``count`` training JPEGs (and ``val`` validation ones) as OUT/train/classK/*.jpg."""
+    if count < 1 or classes < 1:
+        raise CnnTrainError("--count and --classes must be at least 1")
+    rng = np.random.default_rng(seed)
+    total_bytes = 0
+    for split, n in (("train", count), ("val", val)):
+        for i in range(n):
+            folder = out / split / f"class{i % classes:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{split}_{i:06d}.jpg"
+            _photo_like(rng, *size).save(path, quality=quality)
+            total_bytes += path.stat().st_size
+    n = count + val
+    print(f"wrote {n} JPEGs ({size[0]}x{size[1]}, quality {quality}, {classes} classes, "
+          f"mean {total_bytes / n / 1024:.0f} KiB) under {out}")
+    return {"out": str(out), "images": n, "mean_bytes": total_bytes / n}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# --------------------------------------------------------------------------- bench data
+
+
+def _time_loader(loader, consume: Callable[[Any], int], batches: int, warmup: int) -> float:
+    """Images/s over ``batches`` batches after ``warmup`` untimed ones, from a fresh
+    iterator whose workers are shut down afterwards (so that no contender runs, or sits
+    on prefetched batches, while the other is timed)."""
+    it = iter(loader)
+    try:
+        for _ in range(warmup):
+            consume(next(it))
+        start, images = time.perf_counter(), 0
+        for _ in range(batches):
+            images += consume(next(it))
+        return images / (time.perf_counter() - start)
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        del it
+
+
+def bench_data(root: str, recipe_name: str = "resnet50", workers: int | None = None, batches: int = 20,
+               batch_size: int = 64, warmup: int = 3, repeats: int = 2, device: str = "auto") -> dict[str, Any]:
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    from cnntrain.data import BatchPrep, EpochSampler, build_data, default_workers, make_loader
+    from cnntrain.engine.device import choose_precision, resolve_device, tune_cpu_process
+    from cnntrain.recipe import load_recipe
+
+    recipe = load_recipe(recipe_name)
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        tune_cpu_process()
+    bundle = build_data(recipe, root, train=True)
+    if bundle.kind != "folder":
+        raise CnnTrainError(f"bench data reads an ImageNet-style folder of images; {root} is {bundle.kind}")
+    workers = default_workers("folder") if workers is None else workers
+    pin = dev.type == "cuda"
+    precision = choose_precision(dev, recipe.train.amp, recipe.train.channels_last)
+    prep = BatchPrep(bundle.mean, bundle.std, dev, precision.channels_last, recipe.augment.pca_lighting)
+    size = recipe.data.train_size
+    aug = recipe.augment
+
+    # The training loader, minus persistent workers (which only matter between epochs).
+    ours_loader = make_loader(bundle.train, batch_size, workers=workers, pin_memory=pin,
+                              sampler=EpochSampler(len(bundle.train), seed=0))
+    if len(ours_loader) < warmup + batches:
+        raise CnnTrainError(f"{root} holds {len(bundle.train)} training images, {len(ours_loader)} batches of "
+                            f"{batch_size}; --warmup {warmup} + --batches {batches} need more: write more with "
+                            "`cnntrain bench make-jpegs --count N` or lower --batches")
+
+    # Both consumers end with the normalised float batch on the device and read it once,
+    # as the first layer of the model would.
+    def ours_consume(batch) -> int:
+        x = prep(batch[0], train=True)
+        float(x.sum())
+        return int(x.shape[0])
+
+    mean, std = bundle.mean, bundle.std
+    reference = T.Compose([T.RandomResizedCrop(size, scale=tuple(aug.scale), ratio=tuple(aug.ratio)),
+                           T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    base_set = datasets.ImageFolder(str(Path(root) / "train"), transform=reference)
+    base_loader = torch.utils.data.DataLoader(base_set, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                              pin_memory=pin)
+
+    def base_consume(batch) -> int:
+        x = batch[0].to(dev, non_blocking=True)
+        float(x.sum())
+        return int(x.shape[0])
+
+    ours, base = [], []
+    for _ in range(repeats):
+        base.append(_time_loader(base_loader, base_consume, batches, warmup))
+        ours.append(_time_loader(ours_loader, ours_consume, batches, warmup))
+    result = {"ours_images_per_s": _median(ours), "baseline_images_per_s": _median(base),
+              "ours_runs": ours, "baseline_runs": base, "workers": workers, "batch_size": batch_size,
+              "batches": batches, "device": str(dev), "images_in_folder": len(bundle.train),
+              "crop": f"{aug.crop} {size}", "recipe": recipe.name}
+    result["ratio"] = result["ours_images_per_s"] / result["baseline_images_per_s"]
+    print(f"bench data: {len(bundle.train)} images in {root}, {workers} loader workers, batch {batch_size}, "
+          f"{batches} timed batches x {repeats} rounds, {dev}")
+    print(f"  baseline  torchvision ImageFolder + PIL + RandomResizedCrop({size}) + flip + ToTensor + "
+          f"Normalize: {result['baseline_images_per_s']:8.1f} images/s  (runs: "
+          f"{', '.join(f'{v:.0f}' for v in base)})")
+    print(f"  cnntrain  {recipe.name} training pipeline ({aug.crop} crop {size}, uint8 until the device): "
+          f"{result['ours_images_per_s']:8.1f} images/s  (runs: {', '.join(f'{v:.0f}' for v in ours)})")
+    print(f"  ratio     {result['ratio']:.2f}x")
+    return result
+
+
+# --------------------------------------------------------------------------- bench train
+
+
+def _steps_per_s(step: Callable[[], None], steps: int, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return steps / (time.perf_counter() - start)
+
+
+def bench_train(recipe_name: str, steps: int = 10, batch_size: int | None = None, device: str = "auto",
+                overrides: list[str] | None = None, warmup: int = 3, repeats: int = 3,
+                compile_model: bool = False) -> dict[str, Any]:
+    from cnntrain.data import DEFAULT_CLASSES, STATS, BatchPrep
+    from cnntrain.engine.device import choose_precision, resolve_device, tune_cpu_process
+    from cnntrain.engine.metrics import Meter
+    from cnntrain.engine.modelbuild import model_from_recipe
+    from cnntrain.engine.optim import LRSchedule, build_optimizer
+    from cnntrain.engine.step import FitStep
+    from cnntrain.recipe import load_recipe
+
+    recipe = load_recipe(recipe_name, list(overrides or []))
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        tune_cpu_process()
+    batch = batch_size or recipe.optim.batch_size
+    classes = recipe.data.num_classes or DEFAULT_CLASSES[recipe.data.dataset]
+    channels = 1 if recipe.data.dataset == "digits" else 3
+    size = recipe.data.train_size
+    mean, std = STATS["synthetic"][0][:channels], STATS["synthetic"][1][:channels]
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8, generator=gen)
+    target = torch.randint(0, classes, (batch,), generator=gen)
+    if dev.type == "cuda":
+        images, target = images.pin_memory(), target.pin_memory()
+    precision = choose_precision(dev, recipe.train.amp, recipe.train.channels_last)
+    o = recipe.optim
+
+    def fresh_model(channels_last: bool):
+        torch.manual_seed(recipe.train.seed)
+        m = model_from_recipe(recipe, classes, channels).to(dev)
+        m = m.to(memory_format=torch.channels_last) if channels_last else m
+        m.train()
+        return m
+
+    def maybe_compile(m):
+        return torch.compile(m) if compile_model else m
+
+    # cnntrain: the step `fit` runs, with its schedule update and accuracy bookkeeping.
+    model = fresh_model(precision.channels_last)
+    optimizer = build_optimizer(model, o)
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision.scaler_needed)
+    prep = BatchPrep(mean, std, dev, precision.channels_last, recipe.augment.pca_lighting)
+    fit_step = FitStep(maybe_compile(model), optimizer, scaler, prep, precision, dev,
+                       label_smoothing=recipe.train.label_smoothing, accumulate=recipe.train.accumulate)
+    schedule = LRSchedule(recipe.schedule, o.lr, 1000, 10**9)
+    meter = Meter((1,))
+    counter = {"step": 0}
+
+    def check(value: float) -> None:
+        if not math.isfinite(value):
+            raise CnnTrainError(f"loss became {value} in bench train; lower optim.lr")
+
+    def engine_step() -> None:
+        schedule.apply(optimizer, counter["step"])
+        logits, y, loss = fit_step(images, target, check=check)
+        counter["step"] += 1
+        meter.update(logits, y, loss)
+
+    def bare(channels_last: bool, amp: torch.dtype | None, compiled: bool) -> Callable[[], None]:
+        m = fresh_model(channels_last)
+        net = maybe_compile(m) if compiled else m
+        opt = torch.optim.SGD(m.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        x = ((images.float() - torch.tensor(mean).view(1, -1, 1, 1) * 255)
+             / (torch.tensor(std).view(1, -1, 1, 1) * 255)).to(dev)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        y = target.to(dev)
+        bare_scaler = torch.amp.GradScaler(dev.type, enabled=amp == torch.float16)
+
+        def step() -> None:
+            with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+                out = net(x)
+                loss = F.cross_entropy(out[0] if isinstance(out, (tuple, list)) else out, y)
+            opt.zero_grad(set_to_none=True)
+            bare_scaler.scale(loss).backward()
+            bare_scaler.step(opt)
+            bare_scaler.update()
+        return step
+
+    contenders = {
+        "bare": bare(False, None, False),
+        "bare_same": bare(precision.channels_last, precision.amp_dtype, compile_model),
+        "cnntrain": engine_step,
+    }
+    for fn in contenders.values():  # warm-up: allocator, kernels' first calls, compilation
+        for _ in range(warmup):
+            fn()
+    runs: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            runs[name].append(_steps_per_s(fn, steps, dev) * batch)
+    med = {k: _median(v) for k, v in runs.items()}
+    result = {
+        "recipe": recipe.name, "arch": recipe.model.arch, "device": str(dev), "batch_size": batch,
+        "input": [channels, size, size], "engine_policy": precision.describe() + (", compiled" if compile_model else ""),
+        "cnntrain_images_per_s": med["cnntrain"], "bare_images_per_s": med["bare"],
+        "bare_same_settings_images_per_s": med["bare_same"], "runs": runs,
+        "speedup": med["cnntrain"] / med["bare"],
+        "overhead": 1 - med["cnntrain"] / med["bare_same"],
+        "threads": torch.get_num_threads(),
+    }
+    print(f"bench train: {recipe.name} ({recipe.model.arch}), batch {batch} of {channels}x{size}x{size} synthetic, "
+          f"{steps} steps x {repeats} rounds, {dev} ({torch.get_num_threads()} threads)")
+    print(f"  baseline  bare PyTorch loop, fp32 NCHW, SGD:            {med['bare']:9.1f} images/s")
+    print(f"  cnntrain  fit step ({result['engine_policy']}):{' ' * max(1, 22 - len(result['engine_policy']))}"
+          f"{med['cnntrain']:9.1f} images/s")
+    print(f"  ratio     {result['speedup']:.2f}x")
+    print(f"  overhead  vs a bare loop with the engine's settings ({med['bare_same']:.1f} images/s): "
+          f"{100 * result['overhead']:+.1f}%")
+    return result
