@@ -306,10 +306,11 @@ def bench_train(recipe_name: str, steps: int = 10, batch_size: int | None = None
     }
     print(f"bench train: {recipe.name} ({recipe.model.arch}), batch {batch} of {channels}x{size}x{size} synthetic, "
           f"{steps} steps x {repeats} rounds, {dev} ({torch.get_num_threads()} threads)")
-    print(f"  baseline  bare PyTorch loop, fp32 NCHW, SGD:            {med['bare']:9.1f} images/s")
-    print(f"  cnntrain  fit step ({result['engine_policy']}):{' ' * max(1, 22 - len(result['engine_policy']))}"
-          f"{med['cnntrain']:9.1f} images/s")
+    print(f"  baseline  bare PyTorch loop (fp32, NCHW, SGD): {med['bare']:10.1f} images/s  "
+          f"(runs: {', '.join(f'{v:.0f}' for v in runs['bare'])})")
+    print(f"  cnntrain  fit step ({result['engine_policy']}): {med['cnntrain']:10.1f} images/s  "
+          f"(runs: {', '.join(f'{v:.0f}' for v in runs['cnntrain'])})")
     print(f"  ratio     {result['speedup']:.2f}x")
-    print(f"  overhead  vs a bare loop with the engine's settings ({med['bare_same']:.1f} images/s): "
-          f"{100 * result['overhead']:+.1f}%")
+    print(f"  overhead  {100 * result['overhead']:+.1f}% against a bare loop with the engine's settings "
+          f"({med['bare_same']:.1f} images/s; negative: the engine was faster)")
     return result
