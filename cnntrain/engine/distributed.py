@@ -380,7 +380,7 @@ def launch(fn: Callable[..., Any], args: tuple, nproc: int, *, debug: bool = Fal
     the launcher stops the others and this raises :class:`ProcessFailed` with its error."""
     import tempfile
 
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -394,6 +394,8 @@ def launch(fn: Callable[..., Any], args: tuple, nproc: int, *, debug: bool = Fal
                 results = elastic_launch(config, _worker)(fn, args)
         except ChildFailedError as exc:
             raise failure_error(exc, _recorded_errors(Path(logs))) from None
+        except SignalException as exc:  # Ctrl-C or SIGTERM: the launcher has stopped the workers
+            raise KeyboardInterrupt(f"stopped by {exc.sigval.name}") from None
     return results.get(0) if isinstance(results, dict) else results
 
 
