@@ -297,7 +297,8 @@ def bench_train(recipe_name: str, steps: int = 10, batch_size: int | None = None
     med = {k: _median(v) for k, v in runs.items()}
     result = {
         "recipe": recipe.name, "arch": recipe.model.arch, "device": str(dev), "batch_size": batch,
-        "input": [channels, size, size], "engine_policy": precision.describe() + (", compiled" if compile_model else ""),
+        "input": [channels, size, size],
+        "engine_policy": precision.describe() + (", compiled" if compile_model else ""),
         "cnntrain_images_per_s": med["cnntrain"], "bare_images_per_s": med["bare"],
         "bare_same_settings_images_per_s": med["bare_same"], "runs": runs,
         "speedup": med["cnntrain"] / med["bare"],
