@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import uuid
 from contextlib import contextmanager, nullcontext
@@ -413,6 +414,10 @@ def _recorded_errors(logs: Path) -> dict[int, dict]:
     return found
 
 
+_PEER_LOST = re.compile(r"[Cc]onnection (closed|reset) by peer|Broken pipe|communicator was aborted|"
+                        r"remote worker crashing|NCCL.*(abort|timeout)")
+
+
 def _is_user_error(message: Any) -> bool:
     return isinstance(message, dict) and str(message.get("message", "")).startswith(f"{UserError.__name__}: ")
 
@@ -430,6 +435,13 @@ def failure_error(exc: Any, recorded: dict[int, dict] | None = None) -> ProcessF
         return ProcessFailed(f"rank {rank}: {message['message'].split(': ', 1)[1]}", CnnTrainError.exit_code)
     code = failure.exitcode
     message = failure.message
+    # Prefer a cause over a consequence: peers of a crashed rank fail with lost connections.
+    causes = sorted((int(m.get("extraInfo", {}).get("timestamp", 0) or 0), r) for r, m in (recorded or {}).items()
+                    if isinstance(m, dict) and not _PEER_LOST.search(str(m.get("message", ""))))
+    if causes and (not isinstance(message, dict) or _PEER_LOST.search(str(message.get("message", "")))):
+        rank = causes[0][1]
+        message = recorded[rank]
+        code = exc.failures[rank].exitcode if rank in exc.failures else 1
     text, stack = "", ""
     if isinstance(message, dict):
         text = str(message.get("message", ""))
