@@ -262,7 +262,8 @@ def bench_train(
     device: str = typer.Option("auto", "--device"),
     warmup: int = typer.Option(3, "--warmup"),
     repeats: int = typer.Option(3, "--repeats", help="Rounds, alternating the contenders; medians reported."),
-    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (cnntrain and same-settings loop)."),
+    compile_model: bool = typer.Option(False, "--compile",
+                                       help="torch.compile the model (cnntrain and the same-settings loop)."),
     json_out: Optional[str] = typer.Option(None, "--json"),
 ) -> None:
     """Training-step images/s: cnntrain's fit step vs a bare PyTorch loop, on synthetic data."""

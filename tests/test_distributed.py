@@ -132,6 +132,9 @@ def test_failure_report_names_the_rank():
     assert str(err) == "rank 1: unreadable image x.jpg" and err.exit_code == 2
     recorded = {1: {"message": "UserError: rank 1 read garbage", "extraInfo": {}}}
     assert str(distributed.failure_error(Failed({0: peer}), recorded)) == "rank 1: rank 1 read garbage"
+    cause = {1: {"message": "ValueError: bad shape", "extraInfo": {"py_callstack": "tb1", "timestamp": "5"}}}
+    assert str(distributed.failure_error(Failed({0: peer}), cause)).startswith("rank 1 failed (exit code 1): "
+                                                                              "ValueError: bad shape\ntb1")
     bug = distributed.failure_error(Failed({0: peer}))
     assert "rank 0 failed (exit code 1): RuntimeError: Connection closed by peer\ntb" == str(bug)
     killed = distributed.failure_error(Failed({3: Failure("", -9)}))

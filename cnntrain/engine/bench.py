@@ -297,7 +297,8 @@ def bench_train(recipe_name: str, steps: int = 10, batch_size: int | None = None
     med = {k: _median(v) for k, v in runs.items()}
     result = {
         "recipe": recipe.name, "arch": recipe.model.arch, "device": str(dev), "batch_size": batch,
-        "input": [channels, size, size], "engine_policy": precision.describe() + (", compiled" if compile_model else ""),
+        "input": [channels, size, size],
+        "engine_policy": precision.describe() + (", compiled" if compile_model else ""),
         "cnntrain_images_per_s": med["cnntrain"], "bare_images_per_s": med["bare"],
         "bare_same_settings_images_per_s": med["bare_same"], "runs": runs,
         "speedup": med["cnntrain"] / med["bare"],
@@ -306,10 +307,11 @@ def bench_train(recipe_name: str, steps: int = 10, batch_size: int | None = None
     }
     print(f"bench train: {recipe.name} ({recipe.model.arch}), batch {batch} of {channels}x{size}x{size} synthetic, "
           f"{steps} steps x {repeats} rounds, {dev} ({torch.get_num_threads()} threads)")
-    print(f"  baseline  bare PyTorch loop, fp32 NCHW, SGD:            {med['bare']:9.1f} images/s")
-    print(f"  cnntrain  fit step ({result['engine_policy']}):{' ' * max(1, 22 - len(result['engine_policy']))}"
-          f"{med['cnntrain']:9.1f} images/s")
+    print(f"  baseline  bare PyTorch loop (fp32, NCHW, SGD): {med['bare']:10.1f} images/s  "
+          f"(runs: {', '.join(f'{v:.0f}' for v in runs['bare'])})")
+    print(f"  cnntrain  fit step ({result['engine_policy']}): {med['cnntrain']:10.1f} images/s  "
+          f"(runs: {', '.join(f'{v:.0f}' for v in runs['cnntrain'])})")
     print(f"  ratio     {result['speedup']:.2f}x")
-    print(f"  overhead  vs a bare loop with the engine's settings ({med['bare_same']:.1f} images/s): "
-          f"{100 * result['overhead']:+.1f}%")
+    print(f"  overhead  {100 * result['overhead']:+.1f}% against a bare loop with the engine's settings "
+          f"({med['bare_same']:.1f} images/s; negative: the engine was faster)")
     return result

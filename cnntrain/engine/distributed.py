@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import uuid
 from contextlib import contextmanager, nullcontext
@@ -386,7 +387,7 @@ def launch(fn: Callable[..., Any], args: tuple, nproc: int, *, debug: bool = Fal
     the launcher stops the others and this raises :class:`ProcessFailed` with its error."""
     import tempfile
 
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -400,6 +401,8 @@ def launch(fn: Callable[..., Any], args: tuple, nproc: int, *, debug: bool = Fal
                 results = elastic_launch(config, _worker)(fn, args)
         except ChildFailedError as exc:
             raise failure_error(exc, _recorded_errors(Path(logs))) from None
+        except SignalException as exc:  # Ctrl-C or SIGTERM: the launcher has stopped the workers
+            raise KeyboardInterrupt(f"stopped by {exc.sigval.name}") from None
     return results.get(0) if isinstance(results, dict) else results
 
 
@@ -415,6 +418,10 @@ def _recorded_errors(logs: Path) -> dict[int, dict]:
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return found
+
+
+_PEER_LOST = re.compile(r"[Cc]onnection (closed|reset) by peer|Broken pipe|communicator was aborted|"
+                        r"remote worker crashing|NCCL.*(abort|timeout)")
 
 
 def _is_user_error(message: Any) -> bool:
@@ -434,6 +441,13 @@ def failure_error(exc: Any, recorded: dict[int, dict] | None = None) -> ProcessF
         return ProcessFailed(f"rank {rank}: {message['message'].split(': ', 1)[1]}", CnnTrainError.exit_code)
     code = failure.exitcode
     message = failure.message
+    # Prefer a cause over a consequence: peers of a crashed rank fail with lost connections.
+    causes = sorted((int(m.get("extraInfo", {}).get("timestamp", 0) or 0), r) for r, m in (recorded or {}).items()
+                    if isinstance(m, dict) and not _PEER_LOST.search(str(m.get("message", ""))))
+    if causes and (not isinstance(message, dict) or _PEER_LOST.search(str(message.get("message", "")))):
+        rank = causes[0][1]
+        message = recorded[rank]
+        code = exc.failures[rank].exitcode if rank in exc.failures else 1
     text, stack = "", ""
     if isinstance(message, dict):
         text = str(message.get("message", ""))
