@@ -65,11 +65,15 @@ class DataSection:
 
 @dataclass
 class AugmentSection:
-    crop: str = _choice("none", "none", "pad", "random", "resized")
+    crop: str = _choice("none", "none", "pad", "random", "resized", "scale_jitter")
     pad: int = 4  # "pad": zero padding before a random crop (CIFAR)
     resize: int = 256  # "random": shorter side before the random crop (AlexNet)
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # "resized": area range
     ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # "resized": aspect range
+    # "scale_jitter": shorter side S drawn uniformly (integer) from [lo, hi], then a random crop
+    scale_range: list[int] = field(default_factory=lambda: [256, 512])
+    # photometric distortion: random factors in [1-x, 1+x] for brightness, contrast, saturation
+    color_jitter: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     hflip: bool = False
     pca_lighting: float = 0.0  # AlexNet's colour noise: std of the eigenvector weights
 
@@ -112,6 +116,8 @@ class TrainSection:
     on_nonfinite: str = _choice("stop", "stop", "skip")  # a NaN/inf loss stops the run, or skips the step
     max_nonfinite_steps: int = 10  # with "skip": stop once this many steps were skipped
     deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-repeatable runs on GPU)
+    aux_weight: float = 0.3  # weight of auxiliary-head losses (GoogLeNet: 0.3)
+    ema_decay: float = 0.0  # Polyak/EMA averaging of weights for evaluation and best.pt; 0 = off
 
 
 @dataclass
@@ -119,6 +125,7 @@ class EvalSection:
     batch_size: int | None = None  # defaults to optim.batch_size
     topk: int = 5
     crops: int = _choice(1, 1, 10)  # 10: four corners and centre, and their flips
+    scales: list[int] = field(default_factory=list)  # test scales Q (shorter side); softmax averaged
 
 
 SECTIONS: dict[str, type] = {
@@ -361,6 +368,18 @@ def _check_consistency(recipe: Recipe, where: str) -> None:
         raise CnnTrainError(f"{where}: optim.lr must be positive, got {recipe.optim.lr}")
     if recipe.schedule.name == "multistep" and not recipe.schedule.milestones:
         raise CnnTrainError(f"{where}: schedule.name = \"multistep\" needs schedule.milestones")
+    lo_hi = recipe.augment.scale_range
+    if recipe.augment.crop == "scale_jitter" and (
+            len(lo_hi) != 2 or lo_hi[0] > lo_hi[1] or lo_hi[0] < recipe.data.train_size):
+        raise CnnTrainError(f"{where}: augment.scale_range must be [lo, hi] with "
+                            f"data.train_size <= lo <= hi, got {lo_hi}")
+    if len(recipe.augment.color_jitter) != 3 or any(not 0 <= v < 1 for v in recipe.augment.color_jitter):
+        raise CnnTrainError(f"{where}: augment.color_jitter must be [brightness, contrast, saturation] "
+                            f"each in [0, 1), got {recipe.augment.color_jitter}")
+    if not 0 <= recipe.train.ema_decay < 1:
+        raise CnnTrainError(f"{where}: train.ema_decay must be in [0, 1), got {recipe.train.ema_decay}")
+    if any(s < recipe.data.train_size for s in recipe.eval.scales):
+        raise CnnTrainError(f"{where}: eval.scales must each be at least data.train_size, got {recipe.eval.scales}")
     if recipe.eval.topk < 1:
         raise CnnTrainError(f"{where}: eval.topk must be at least 1")
 

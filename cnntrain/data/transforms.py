@@ -12,9 +12,18 @@ Training crops (``augment.crop``):
   (Krizhevsky et al. 2012: 224 crops of 256 images);
 - ``resized``: a crop of random area in ``augment.scale`` and aspect ratio in
   ``augment.ratio``, resized to ``train_size`` (Szegedy et al. 2015);
+- ``scale_jitter``: resize the shorter side to S drawn uniformly from the integers in
+  ``augment.scale_range``, random ``train_size`` crop (Simonyan & Zisserman 2015 §3.1:
+  S in [256, 512]; He et al. 2016 §3.4: [256, 480]);
 - ``none``: the evaluation view.
+Then a horizontal flip (``augment.hflip``) and photometric distortion
+(``augment.color_jitter``: brightness, contrast, saturation factors drawn uniformly from
+[1-x, 1+x], applied in a random order on uint8, as Szegedy et al. 2015 §6 / Howard 2013).
 Evaluation: resize the shorter side to ``data.eval_resize`` (0: to ``train_size``), centre
 crop ``train_size``; with 10 crops, the four corners and centre and their mirror images.
+With ``eval.scales`` (Simonyan & Zisserman 2015 §3.2/4.2, multi-scale evaluation), the same
+views are taken at every test scale Q (shorter side resized to Q) and stacked, so the
+evaluator averages the softmax over all scales and crops (multi-crop, not dense).
 """
 from __future__ import annotations
 
@@ -94,6 +103,10 @@ class TrainTransform:
             img = TF.resized_crop(img, top, left, h, w, [size, size], antialias=True)
         elif aug.crop == "random":
             img = random_crop(resize_shorter(img, max(aug.resize, size)), size)
+        elif aug.crop == "scale_jitter":
+            lo, hi = aug.scale_range
+            side = int(torch.randint(max(lo, size), max(hi, size) + 1, ()).item())
+            img = random_crop(resize_shorter(img, side), size)
         elif aug.crop == "pad":
             img = center_crop(resize_shorter(img, size), size)
             img = random_crop(TF.pad(img, [aug.pad]), size)
@@ -101,22 +114,45 @@ class TrainTransform:
             img = center_crop(resize_shorter(img, self.eval_resize), size)
         if aug.hflip and torch.rand(()) < 0.5:
             img = TF.horizontal_flip(img)
+        if any(aug.color_jitter):
+            img = color_jitter(img, aug.color_jitter)
         return img.contiguous()
 
 
-class EvalTransform:
-    """Deterministic evaluation view: one centre crop, or 10 crops stacked (10, C, H, W)."""
+def color_jitter(img: torch.Tensor, strength: list[float]) -> torch.Tensor:
+    """Random brightness, contrast and saturation of a uint8 (C, H, W) image, in random order;
+    each factor uniform in [1-x, 1+x] (x = 0 leaves that property alone)."""
+    ops = [(TF.adjust_brightness, strength[0]), (TF.adjust_contrast, strength[1])]
+    if img.shape[0] == 3:
+        ops.append((TF.adjust_saturation, strength[2]))
+    for i in torch.randperm(len(ops)).tolist():
+        fn, x = ops[i]
+        if x > 0:
+            img = fn(img, float(torch.empty(()).uniform_(1 - x, 1 + x)))
+    return img
 
-    def __init__(self, data: DataSection, crops: int = 1) -> None:
+
+class EvalTransform:
+    """Deterministic evaluation view: one centre crop, or 10 crops stacked (10, C, H, W);
+    with ``scales``, those views at every scale, stacked (len(scales) * crops, C, H, W)."""
+
+    def __init__(self, data: DataSection, crops: int = 1, scales: list[int] | None = None) -> None:
         self.size = data.train_size
         self.resize = data.eval_resize or data.train_size
         self.crops = crops
+        self.scales = list(scales or [])
+
+    def _views(self, img: torch.Tensor, side: int) -> list[torch.Tensor]:
+        img = resize_shorter(img, max(side, self.size))
+        if self.crops == 10:
+            return list(TF.ten_crop(img, [self.size, self.size]))
+        return [center_crop(img, self.size).contiguous()]
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        img = resize_shorter(img, max(self.resize, self.size))
-        if self.crops == 10:
-            return torch.stack(TF.ten_crop(img, [self.size, self.size]))
-        return center_crop(img, self.size).contiguous()
+        if self.scales:
+            return torch.stack([v for s in self.scales for v in self._views(img, s)])
+        views = self._views(img, self.resize)
+        return torch.stack(views) if self.crops == 10 else views[0]
 
 
 def pca_lighting(batch: torch.Tensor, std: float, generator: torch.Generator | None = None) -> torch.Tensor:
