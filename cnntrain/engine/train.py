@@ -30,6 +30,7 @@ from tqdm import tqdm
 from cnntrain import __version__
 from cnntrain.data import BatchPrep, DataBundle, EpochSampler, build_data, default_workers, make_loader
 from cnntrain.engine.checkpoint import FORMAT, load_checkpoint, model_meta, save_atomic, unwrap
+from cnntrain.engine.ema import make_average
 from cnntrain.engine.device import Precision, choose_precision, resolve_device, rng_state, seed_everything, set_rng_state
 from cnntrain.engine.evaluate import evaluate
 from cnntrain.engine.metrics import Meter, RunLog
@@ -56,14 +57,15 @@ class FitOptions:
     progress: bool = True
 
 
-def training_loss(outputs: Any, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """Cross-entropy of the main output; extra outputs are auxiliary heads (weight 0.3,
-    as GoogLeNet's paper added them)."""
+def training_loss(outputs: Any, target: torch.Tensor, label_smoothing: float,
+                  aux_weight: float = 0.3) -> torch.Tensor:
+    """Cross-entropy of the main output; extra outputs are auxiliary heads (weight
+    ``train.aux_weight``, 0.3 as GoogLeNet's paper added them)."""
     if isinstance(outputs, (tuple, list)):
         main, *aux = outputs
         loss = F.cross_entropy(main, target, label_smoothing=label_smoothing)
         for head in aux:
-            loss = loss + 0.3 * F.cross_entropy(head, target, label_smoothing=label_smoothing)
+            loss = loss + aux_weight * F.cross_entropy(head, target, label_smoothing=label_smoothing)
         return loss
     return F.cross_entropy(outputs, target, label_smoothing=label_smoothing)
 
@@ -85,6 +87,7 @@ class Trainer:
         if self.precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, recipe.optim)
+        self.ema = make_average(unwrap(self.model), recipe.train.ema_decay)  # Polyak averaging
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler_needed)
         workers = opts.workers if opts.workers is not None else recipe.data.workers
         self.workers = default_workers(self.data.kind) if workers is None else workers
@@ -143,6 +146,7 @@ class Trainer:
             "meter": self.meter.state_dict(),
             "counters": {"nonfinite_skipped": self.nonfinite_skipped, "amp_skipped": self.amp_skipped},
             "rng": rng_state(),
+            **({"ema": self.ema.state_dict()} if self.ema else {}),
         }
 
     def _resume_candidates(self, spec: str) -> list[Path]:
@@ -178,6 +182,8 @@ class Trainer:
                 f"this run trains {self.recipe.model.arch} with {self.data.num_classes}; use another --out"
             )
         unwrap(self.model).load_state_dict(payload["model"])
+        if self.ema is not None:  # a checkpoint from a run without averaging starts it from the weights
+            self.ema.load_state_dict(payload.get("ema") or {"model": payload["model"], "updates": 0})
         self.optimizer.load_state_dict(payload["optimizer"])
         self.schedule.load_state_dict(payload["schedule"])
         self.scaler.load_state_dict(payload["scaler"])
@@ -205,6 +211,8 @@ class Trainer:
         save_atomic(state, self.out / "last.pt", previous=self.out / "prev.pt")
         if improved:
             weights = {k: state[k] for k in ("format", "version", "meta", "model", "epoch", "step", "best_top1")}
+            if self.ema is not None:  # best.pt holds the averaged weights that were validated
+                weights["model"] = state["ema"]["model"]
             save_atomic(weights, self.out / "best.pt")
 
     # ----------------------------------------------------------------- loop
@@ -248,7 +256,7 @@ class Trainer:
         y = target.to(self.device, non_blocking=True)
         with self.precision.autocast(self.device):
             outputs = self.model(x)
-            loss = training_loss(outputs, y, smoothing)
+            loss = training_loss(outputs, y, smoothing, self.recipe.train.aux_weight)
         loss_value = float(loss.detach())
         self.optimizer.zero_grad(set_to_none=True)
         if not math.isfinite(loss_value):
@@ -260,6 +268,8 @@ class Trainer:
         self.scaler.update()
         if scale is not None and self.scaler.get_scale() < scale:
             self.amp_skipped += 1  # fp16 overflow: the scaler skipped this update, by design
+        if self.ema is not None:
+            self.ema.update(unwrap(self.model))
         meter.update(main_output(outputs), y, loss_value)
         return int(y.shape[0])
 
@@ -302,7 +312,8 @@ class Trainer:
         if self.val_loader is None:
             return {}
         ks = (1, self.recipe.eval.topk)
-        (meter,), skipped = evaluate([self.model], self.val_loader, [self.prep], self.device,
+        model = self.ema.module if self.ema is not None else self.model
+        (meter,), skipped = evaluate([model], self.val_loader, [self.prep], self.device,
                                      self.precision, ks, progress=self.opts.progress)
         self._note_skipped(skipped)
         result = meter.result()
