@@ -80,17 +80,19 @@ class AugmentSection:
 
 @dataclass
 class OptimSection:
-    name: str = _choice("sgd", "sgd", "adamw")
+    name: str = _choice("sgd", "sgd", "adamw", "rmsprop")
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
     batch_size: int = 128
+    alpha: float = 0.99  # rmsprop: decay of the squared-gradient average (Inception-v4: 0.9)
+    eps: float = 1e-8  # rmsprop / adamw: denominator epsilon (Inception-v4's RMSProp: 1.0)
 
 
 @dataclass
 class ScheduleSection:
-    name: str = _choice("constant", "constant", "step", "multistep", "plateau", "cosine")
+    name: str = _choice("constant", "constant", "step", "multistep", "plateau", "cosine", "poly")
     unit: str = _choice("epoch", "epoch", "iteration")  # what step_size, milestones, warmup count
     step_size: int = 30
     milestones: list[int] = field(default_factory=list)
@@ -98,6 +100,7 @@ class ScheduleSection:
     patience: int = 5  # plateau: evaluations without improvement of val top-1
     threshold: float = 1e-4  # plateau: relative improvement that counts
     min_lr: float = 0.0
+    power: float = 1.0  # poly: lr = base * (1 - progress) ** power (SqueezeNet: linear, power 1)
     warmup: int = 0  # length of the warm-up, in `unit`
     warmup_mode: str = _choice("linear", "linear", "constant")
     warmup_factor: float = 0.1  # lr multiplier at the start of (or during a constant) warm-up
