@@ -178,3 +178,31 @@ def test_poly_schedule_and_rmsprop():
     assert opt.defaults["alpha"] == 0.9 and opt.defaults["eps"] == 1.0
     g = LRSchedule(load_recipe("googlenet").schedule, 1.0, 10, 10_000)
     assert g.lr_at(79) == pytest.approx(1.0) and g.lr_at(80) == pytest.approx(0.96)
+
+
+def test_fit_with_ema_then_eval_at_several_scales(tmp_path, capsys):
+    import json
+
+    from tests.conftest import run_cli
+    out = tmp_path / "run"
+    sets = ["data.synthetic_train_samples=4", "data.synthetic_val_samples=2", "optim.batch_size=2",
+            "train.iterations=2", "data.num_classes=10", "train.ema_decay=0.5"]
+    args = ["fit", "--recipe", "resnet20", "--data", "synthetic", "--out", out, "--no-progress", "--workers", "0",
+            "--device", "cpu"]
+    for s in sets:
+        args += ["--set", s]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    last = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    best = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    assert last["ema"]["updates"] == 2
+    key = "fc.weight" if "fc.weight" in last["model"] else next(k for k in last["model"] if k.endswith("weight"))
+    assert torch.equal(best["model"][key], last["ema"]["model"][key])  # best.pt holds the averaged weights
+    assert not torch.equal(last["ema"]["model"][key], last["model"][key])
+    code, text, err = run_cli(["eval", out / "best.pt", "--data", "synthetic", "--workers", "0", "--device", "cpu",
+                               "--scales", "32,40", "--json", tmp_path / "e.json"], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["scales"] == [32, 40] and result["protocol"] == "1-crop at scales 32/40"
+    assert "1-crop at scales 32/40" in text and "paper (" in text
+    assert run_cli(["eval", out / "best.pt", "--scales", "a,b"], capsys)[0] != 0
