@@ -83,6 +83,8 @@ def eval_(
     split: str = typer.Option("val", "--split", help="val or train."),
     topk: Optional[int] = typer.Option(None, "--topk", help="Also report top-K accuracy (default: the recipe's)."),
     crops: Optional[int] = typer.Option(None, "--crops", help="1 (centre) or 10 (corners, centre and flips)."),
+    scales: Optional[str] = typer.Option(None, "--scales", help="Test scales, e.g. 256,384,512: the crops at "
+                                         "each shorter side, softmax averaged (default: the recipe's eval.scales)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write top1, topK, loss, samples to this file."),
     device: str = typer.Option("auto", "--device"),
     workers: Optional[int] = typer.Option(None, "--workers"),
@@ -99,8 +101,16 @@ def eval_(
         raise CnnTrainError(f"--crops {crops}: use 1 or 10")
     if topk is not None and topk < 1:
         raise CnnTrainError("--topk must be at least 1")
+    scale_list = None
+    if scales is not None:
+        try:
+            scale_list = [int(v) for v in scales.split(",") if v.strip()]
+        except ValueError:
+            raise CnnTrainError(f"--scales {scales!r}: expected integers, e.g. 256,384,512") from None
+        if any(v <= 0 for v in scale_list):
+            raise CnnTrainError(f"--scales {scales!r}: scales must be positive")
     distributed.check_launch(nproc, device, "ddp")
-    args = (checkpoint, data, split, topk, crops, device, workers, batch_size)
+    args = (checkpoint, data, split, topk, crops, device, workers, batch_size, True, scale_list)
     if nproc > 1:
         result = distributed.launch(eval_checkpoint, args, nproc, debug=_state["debug"])
     else:

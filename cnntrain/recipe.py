@@ -65,28 +65,34 @@ class DataSection:
 
 @dataclass
 class AugmentSection:
-    crop: str = _choice("none", "none", "pad", "random", "resized")
+    crop: str = _choice("none", "none", "pad", "random", "resized", "scale_jitter")
     pad: int = 4  # "pad": zero padding before a random crop (CIFAR)
     resize: int = 256  # "random": shorter side before the random crop (AlexNet)
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # "resized": area range
     ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # "resized": aspect range
+    # "scale_jitter": shorter side S drawn uniformly (integer) from [lo, hi], then a random crop
+    scale_range: list[int] = field(default_factory=lambda: [256, 512])
+    # photometric distortion: random factors in [1-x, 1+x] for brightness, contrast, saturation
+    color_jitter: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     hflip: bool = False
     pca_lighting: float = 0.0  # AlexNet's colour noise: std of the eigenvector weights
 
 
 @dataclass
 class OptimSection:
-    name: str = _choice("sgd", "sgd", "adamw")
+    name: str = _choice("sgd", "sgd", "adamw", "rmsprop")
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
     batch_size: int = 128
+    alpha: float = 0.99  # rmsprop: decay of the squared-gradient average (Inception-v4: 0.9)
+    eps: float = 1e-8  # rmsprop / adamw: denominator epsilon (Inception-v4's RMSProp: 1.0)
 
 
 @dataclass
 class ScheduleSection:
-    name: str = _choice("constant", "constant", "step", "multistep", "plateau", "cosine")
+    name: str = _choice("constant", "constant", "step", "multistep", "plateau", "cosine", "poly")
     unit: str = _choice("epoch", "epoch", "iteration")  # what step_size, milestones, warmup count
     step_size: int = 30
     milestones: list[int] = field(default_factory=list)
@@ -94,6 +100,7 @@ class ScheduleSection:
     patience: int = 5  # plateau: evaluations without improvement of val top-1
     threshold: float = 1e-4  # plateau: relative improvement that counts
     min_lr: float = 0.0
+    power: float = 1.0  # poly: lr = base * (1 - progress) ** power (SqueezeNet: linear, power 1)
     warmup: int = 0  # length of the warm-up, in `unit`
     warmup_mode: str = _choice("linear", "linear", "constant")
     warmup_factor: float = 0.1  # lr multiplier at the start of (or during a constant) warm-up
@@ -115,6 +122,8 @@ class TrainSection:
     accumulate: int = 1  # micro-batches per optimiser step (optim.batch_size stays the global batch)
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA, more than one process)
     dist_timeout: int = 1800  # seconds a process waits in a collective before the job fails
+    aux_weight: float = 0.3  # weight of auxiliary-head losses (GoogLeNet: 0.3)
+    ema_decay: float = 0.0  # Polyak/EMA averaging of weights for evaluation and best.pt; 0 = off
 
 
 @dataclass
@@ -122,6 +131,7 @@ class EvalSection:
     batch_size: int | None = None  # defaults to optim.batch_size
     topk: int = 5
     crops: int = _choice(1, 1, 10)  # 10: four corners and centre, and their flips
+    scales: list[int] = field(default_factory=list)  # test scales Q (shorter side); softmax averaged
 
 
 SECTIONS: dict[str, type] = {
@@ -370,6 +380,18 @@ def _check_consistency(recipe: Recipe, where: str) -> None:
             f"{where}: optim.batch_size {recipe.optim.batch_size} is not divisible by train.accumulate "
             f"{train.accumulate}; the micro-batches must be equal"
         )
+    lo_hi = recipe.augment.scale_range
+    if recipe.augment.crop == "scale_jitter" and (
+            len(lo_hi) != 2 or lo_hi[0] > lo_hi[1] or lo_hi[0] < recipe.data.train_size):
+        raise CnnTrainError(f"{where}: augment.scale_range must be [lo, hi] with "
+                            f"data.train_size <= lo <= hi, got {lo_hi}")
+    if len(recipe.augment.color_jitter) != 3 or any(not 0 <= v < 1 for v in recipe.augment.color_jitter):
+        raise CnnTrainError(f"{where}: augment.color_jitter must be [brightness, contrast, saturation] "
+                            f"each in [0, 1), got {recipe.augment.color_jitter}")
+    if not 0 <= recipe.train.ema_decay < 1:
+        raise CnnTrainError(f"{where}: train.ema_decay must be in [0, 1), got {recipe.train.ema_decay}")
+    if any(s < recipe.data.train_size for s in recipe.eval.scales):
+        raise CnnTrainError(f"{where}: eval.scales must each be at least data.train_size, got {recipe.eval.scales}")
     if recipe.eval.topk < 1:
         raise CnnTrainError(f"{where}: eval.topk must be at least 1")
 

@@ -52,15 +52,15 @@ def test_default_models_are_imagenet_models_with_a_recipe():
 def test_cli_compare_table_json_and_plot(capsys, tmp_path):
     png, js = tmp_path / "chart.png", tmp_path / "cmp.json"
     with pytest.raises(SystemExit) as exit_:
-        main(["compare", "alexnet", "resnet18", "resnet34", "--json", str(js), "--plot", str(png)])
+        main(["compare", "alexnet", "resnet18", "densenet169", "--json", str(js), "--plot", str(png)])
     out = capsys.readouterr().out
     assert exit_.value.code == 0
-    header, _, alex, res18, res34 = out.splitlines()[:5]
+    header, _, alex, res18, dn169 = out.splitlines()[:5]
     assert alex.split()[:8] == ["alexnet", "2012", "8", "5", "11/5/3", "3", "4096/4096/1000", "yes"]
     assert res18.split()[:10] == ["resnet18", "2015", "18", "17", "7/3/1", "1", "1000", "no", "no", "yes"]
-    assert res34.split()[-2:] == ["-", "-"] and "not plotted: resnet34" in out
+    assert dn169.split()[-2:] == ["-", "-"] and "not plotted: densenet169" in out
     rows = json.loads(js.read_text())["models"]
-    assert [r["model"] for r in rows] == ["alexnet", "resnet18", "resnet34"]
+    assert [r["model"] for r in rows] == ["alexnet", "resnet18", "densenet169"]
     assert rows[0]["lrn"] is True and isinstance(rows[0]["macs"], int)
     with Image.open(png) as img:
         img.load()

@@ -156,9 +156,9 @@ def nan_at(step: int, monkeypatch) -> None:
     original = step_module.training_loss
     calls = {"n": 0}
 
-    def poisoned(outputs, target, smoothing):
+    def poisoned(outputs, target, smoothing, *rest):
         calls["n"] += 1
-        loss = original(outputs, target, smoothing)
+        loss = original(outputs, target, smoothing, *rest)
         return loss * float("nan") if calls["n"] == step else loss
 
     monkeypatch.setattr(step_module, "training_loss", poisoned)

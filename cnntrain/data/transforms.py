@@ -14,9 +14,18 @@ Training crops (``augment.crop``):
   (Krizhevsky et al. 2012: 224 crops of 256 images);
 - ``resized``: a crop of random area in ``augment.scale`` and aspect ratio in
   ``augment.ratio``, resized to ``train_size`` (Szegedy et al. 2015);
+- ``scale_jitter``: resize the shorter side to S drawn uniformly from the integers in
+  ``augment.scale_range``, random ``train_size`` crop (Simonyan & Zisserman 2015 §3.1:
+  S in [256, 512]; He et al. 2016 §3.4: [256, 480]);
 - ``none``: the evaluation view.
+Then a horizontal flip (``augment.hflip``) and photometric distortion
+(``augment.color_jitter``: brightness, contrast, saturation factors drawn uniformly from
+[1-x, 1+x], applied in a random order on uint8, as Szegedy et al. 2015 §6 / Howard 2013).
 Evaluation: resize the shorter side to ``data.eval_resize`` (0: to ``train_size``), centre
 crop ``train_size``; with 10 crops, the four corners and centre and their mirror images.
+With ``eval.scales`` (Simonyan & Zisserman 2015 §3.2/4.2, multi-scale evaluation), the same
+views are taken at every test scale Q (shorter side resized to Q) and stacked, so the
+evaluator averages the softmax over all scales and crops (multi-crop, not dense).
 """
 from __future__ import annotations
 
@@ -133,24 +142,32 @@ class TrainTransform:
             box = (_randint(rh - size + 1, generator), _randint(rw - size + 1, generator))
         elif aug.crop == "pad":
             box = (_randint(2 * aug.pad + 1, generator), _randint(2 * aug.pad + 1, generator))
+        elif aug.crop == "scale_jitter":  # VGG/ResNet: shorter side S uniform in scale_range
+            lo, hi = aug.scale_range
+            side = max(lo, size) + _randint(max(hi, size) - max(lo, size) + 1, generator)
+            rh, rw = shorter_side_size(h, w, side)
+            box = (side, _randint(rh - size + 1, generator), _randint(rw - size + 1, generator))
         flip = bool(aug.hflip and torch.rand((), generator=generator) < 0.5)
-        return box, flip
+        jitter = draw_color_jitter(aug.color_jitter, generator) if any(aug.color_jitter) else None
+        return box, flip, jitter
 
     def max_reduction(self, h: int, w: int, params: tuple) -> float:
         """How many times smaller than (h, w) the image may be decoded for this view
         without any upsampling that the full-size image would not have needed."""
-        box, _ = params
+        box = params[0]
         crop = self.aug.crop
         if crop == "resized":
             return min(box[2], box[3]) / self.size
         if crop == "random":
             return min(h, w) / max(self.aug.resize, self.size)
+        if crop == "scale_jitter":
+            return min(h, w) / box[0]
         return min(h, w) / (self.size if crop == "pad" else max(self.eval_resize, self.size))
 
     def apply(self, img: torch.Tensor, params: tuple, src_hw: tuple[int, int] | None = None) -> torch.Tensor:
         """The view ``params`` (drawn for an image of size ``src_hw``, default: img's own)."""
         size, aug = self.size, self.aug
-        box, flip = params
+        box, flip, jitter = params
         source = img
         if aug.crop == "resized":
             hw = tuple(img.shape[-2:])
@@ -161,6 +178,12 @@ class TrainTransform:
             h, w = img.shape[-2:]
             top, left = min(box[0], h - size), min(box[1], w - size)  # a reduced decode may round down
             img = img[..., top:top + size, left:left + size]
+        elif aug.crop == "scale_jitter":
+            side, top, left = box
+            img = resize_shorter(img, side)
+            h, w = img.shape[-2:]
+            top, left = min(top, h - size), min(left, w - size)
+            img = img[..., top:top + size, left:left + size]
         elif aug.crop == "pad":
             img = center_crop(resize_shorter(img, size), size)
             img = TF.pad(img, [aug.pad])[..., box[0]:box[0] + size, box[1]:box[1] + size]
@@ -168,32 +191,65 @@ class TrainTransform:
             img = center_crop(resize_shorter(img, self.eval_resize), size)
         if flip:
             img = TF.horizontal_flip(img)
+        if jitter is not None:
+            img = color_jitter(img, *jitter)
         return dense_like(img, source)
 
     def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(img, self.draw(*img.shape[-2:], generator))
 
 
-class EvalTransform:
-    """Deterministic evaluation view: one centre crop, or 10 crops stacked (10, C, H, W)."""
+def draw_color_jitter(strength: list[float], generator: torch.Generator | None = None) -> tuple[list, list]:
+    """A random order of (brightness, contrast, saturation) and factors uniform in [1-x, 1+x]."""
+    order = torch.randperm(3, generator=generator).tolist()
+    factors = [1 - x + 2 * x * float(torch.rand((), generator=generator)) for x in strength]
+    return order, factors
 
-    def __init__(self, data: DataSection, crops: int = 1) -> None:
+
+def random_color_jitter(img: torch.Tensor, strength: list[float],
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    return color_jitter(img, *draw_color_jitter(strength, generator))
+
+
+def color_jitter(img: torch.Tensor, order: list[int], factors: list[float]) -> torch.Tensor:
+    """Brightness, contrast and saturation of a uint8 (C, H, W) image scaled by ``factors``,
+    applied in ``order`` (GoogLeNet's photometric distortions; factors drawn in ``draw``)."""
+    ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation]
+    for i in order:
+        if factors[i] != 1.0 and (i < 2 or img.shape[0] == 3):
+            img = ops[i](img, factors[i])
+    return img
+
+
+class EvalTransform:
+    """Deterministic evaluation view: one centre crop, or 10 crops stacked (10, C, H, W);
+    with ``scales``, those views at every scale, stacked (len(scales) * crops, C, H, W)."""
+
+    def __init__(self, data: DataSection, crops: int = 1, scales: list[int] | None = None) -> None:
         self.size = data.train_size
         self.resize = data.eval_resize or data.train_size
         self.crops = crops
+        self.scales = list(scales or [])
+
+    def _views(self, img: torch.Tensor, side: int) -> list[torch.Tensor]:
+        img = resize_shorter(img, max(side, self.size))
+        if self.crops == 10:
+            return list(TF.ten_crop(img, [self.size, self.size]))
+        return [center_crop(img, self.size).contiguous()]
 
     def draw(self, h: int, w: int, generator: torch.Generator | None = None) -> tuple:
         return ()
 
     def max_reduction(self, h: int, w: int, params: tuple) -> float:
-        return min(h, w) / max(self.resize, self.size)
+        return min(h, w) / max([self.resize, self.size, *self.scales])
 
     def apply(self, img: torch.Tensor, params: tuple = (), src_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """One centre crop, or a (V, C, H, W) stack: 10 crops, and/or one view set per test scale."""
         source = img
-        img = resize_shorter(img, max(self.resize, self.size))
-        if self.crops == 10:
-            return torch.stack(TF.ten_crop(img, [self.size, self.size]))
-        return dense_like(center_crop(img, self.size), source)
+        if self.scales:
+            return torch.stack([v for s in self.scales for v in self._views(img, s)])
+        views = self._views(img, self.resize)
+        return torch.stack(views) if self.crops == 10 else dense_like(views[0], source)
 
     def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(img)

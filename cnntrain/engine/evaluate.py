@@ -98,25 +98,34 @@ def _check_classes(path: str, meta: dict, data: DataBundle) -> None:
         )
 
 
-def _paper_line(recipe: Recipe, crops: int) -> str | None:
+def protocol_name(crops: int, scales: list[int] | None) -> str:
+    """How this run measured: e.g. "10-crop", "1-crop at scales 256/384/512"."""
+    if scales:
+        return f"{crops}-crop at scales {'/'.join(map(str, scales))}"
+    return f"{crops}-crop"
+
+
+def _paper_line(recipe: Recipe, crops: int, scales: list[int] | None = None) -> str | None:
     reported = recipe.paper.reported
     if not reported:
         return None
     errs = ", ".join(f"{k.replace('_err', ' error')} {v:g}%" for k, v in reported.items())
     protocol = f" ({recipe.paper.protocol})" if recipe.paper.protocol else ""
-    return f"paper{protocol}: {errs}   [this run: {crops}-crop]"
+    return f"paper{protocol}: {errs}   [this run: {protocol_name(crops, scales)}]"
 
 
 def eval_checkpoint(path: str, data: str | None = None, split: str = "val", topk: int | None = None,
                     crops: int | None = None, device: str = "auto", workers: int | None = None,
-                    batch_size: int | None = None, progress: bool = True) -> dict[str, Any]:
+                    batch_size: int | None = None, progress: bool = True,
+                    scales: list[int] | None = None) -> dict[str, Any]:
     env, dev = distributed.setup(device)  # several processes under torchrun or `eval --nproc`
     model, meta, recipe = _load_member(path, dev, choose_precision(dev, "auto", "auto"))
     precision = choose_precision(dev, recipe.train.amp, recipe.train.channels_last)
     crops = crops or recipe.eval.crops
+    scales = list(scales if scales is not None else recipe.eval.scales)
     k = topk or recipe.eval.topk
     bundle = build_data(recipe, data if data is not None else meta.get("data"), train=False,
-                        crops=crops, split=split)
+                        crops=crops, split=split, scales=scales)
     _check_classes(path, meta, bundle)
     loader = distributed.val_loader(
         bundle.val, batch_size or recipe.eval.batch_size or recipe.optim.batch_size, env,
@@ -127,14 +136,15 @@ def eval_checkpoint(path: str, data: str | None = None, split: str = "val", topk
     meter = distributed.reduce_meter(meter, env, dev)
     (n_skipped,) = distributed.sum_ints([len(skipped)], env, dev)
     result = meter.result()
-    result.update(checkpoint=str(path), arch=meta["arch"], split=split, crops=crops,
+    result.update(checkpoint=str(path), arch=meta["arch"], split=split, crops=crops, scales=scales,
+                  protocol=protocol_name(crops, scales),
                   skipped=n_skipped, paper=dict(recipe.paper.reported))
     if env.enabled:
         result["processes"] = env.world
-    line = (f"{path}  {meta['arch']}  {split}  {result['samples']} images  {crops}-crop  "
+    line = (f"{path}  {meta['arch']}  {split}  {result['samples']} images  {protocol_name(crops, scales)}  "
             f"top1 {result['top1']:.2f}%  top{k} {result[f'top{k}']:.2f}%  loss {result['loss']:.4f}")
     print(line)
-    paper = _paper_line(recipe, crops)
+    paper = _paper_line(recipe, crops, scales)
     if paper:
         print(paper)
     if skipped:

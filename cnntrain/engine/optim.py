@@ -25,6 +25,8 @@ def build_optimizer(model: nn.Module, cfg: OptimSection) -> torch.optim.Optimize
     groups = param_groups(model, cfg.weight_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
@@ -55,6 +57,9 @@ class LRSchedule:
         elif cfg.name == "cosine":
             progress = min(1.0, step / self.total_steps)
             lr = cfg.min_lr + (self.base_lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        elif cfg.name == "poly":
+            progress = min(1.0, step / self.total_steps)
+            lr = cfg.min_lr + (self.base_lr - cfg.min_lr) * (1 - progress) ** cfg.power
         else:  # constant, plateau
             lr = self.base_lr
         lr = max(lr * self.plateau_scale, cfg.min_lr) if cfg.name == "plateau" else lr

@@ -25,14 +25,15 @@ from cnntrain.engine import distributed
 from cnntrain.engine.device import Precision
 
 
-def training_loss(outputs: Any, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """Cross-entropy of the main output; extra outputs are auxiliary heads (weight 0.3,
-    as GoogLeNet's paper added them)."""
+def training_loss(outputs: Any, target: torch.Tensor, label_smoothing: float,
+                  aux_weight: float = 0.3) -> torch.Tensor:
+    """Cross-entropy of the main output; extra outputs are auxiliary heads, weighted by
+    ``train.aux_weight`` (0.3, as GoogLeNet's paper added them)."""
     if isinstance(outputs, (tuple, list)):
         main, *aux = outputs
         loss = F.cross_entropy(main, target, label_smoothing=label_smoothing)
         for head in aux:
-            loss = loss + 0.3 * F.cross_entropy(head, target, label_smoothing=label_smoothing)
+            loss = loss + aux_weight * F.cross_entropy(head, target, label_smoothing=label_smoothing)
         return loss
     return F.cross_entropy(outputs, target, label_smoothing=label_smoothing)
 
@@ -46,11 +47,12 @@ class FitStep:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                  prep: BatchPrep, precision: Precision, device: torch.device, *,
-                 label_smoothing: float = 0.0, accumulate: int = 1,
+                 label_smoothing: float = 0.0, accumulate: int = 1, aux_weight: float = 0.3,
                  env: distributed.DistEnv = distributed.SINGLE) -> None:
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.prep, self.precision, self.device = prep, precision, device
         self.smoothing, self.accumulate, self.env = label_smoothing, max(1, accumulate), env
+        self.aux_weight = aux_weight
         self.stepped = False  # did the last call update the weights?
         self.overflowed = False  # did the fp16 grad scaler skip the last update?
 
@@ -70,7 +72,7 @@ class FitStep:
                 y = y_host.to(self.device, non_blocking=True)
                 with self.precision.autocast(self.device):
                     outputs = self.model(x)
-                    loss = training_loss(outputs, y, self.smoothing)
+                    loss = training_loss(outputs, y, self.smoothing, self.aux_weight)
                 if parts > 1:
                     loss = loss * (y.shape[0] / n)
                 self.scaler.scale(loss).backward()

@@ -31,6 +31,7 @@ from cnntrain.data import BatchPrep, DataBundle, build_data, default_workers
 from cnntrain.engine import distributed
 from cnntrain.engine.checkpoint import FORMAT, load_checkpoint, model_meta, save_atomic, unwrap
 from cnntrain.engine.device import Precision, choose_precision, rng_state, seed_everything, set_rng_state
+from cnntrain.engine.ema import make_average
 from cnntrain.engine.evaluate import evaluate
 from cnntrain.engine.metrics import Meter
 from cnntrain.engine.modelbuild import model_from_recipe
@@ -73,6 +74,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model = distributed.wrap_model(self.model, self.env, self.device, opts.strategy, recipe.train.sync_bn)
         self.optimizer = build_optimizer(self.model, recipe.optim)
+        self.ema = make_average(unwrap(self.model), recipe.train.ema_decay)  # Polyak averaging
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler_needed)
         workers = opts.workers if opts.workers is not None else recipe.data.workers
         self.workers = default_workers(self.data.kind, self.env.local_world) if workers is None else workers
@@ -94,7 +96,8 @@ class Trainer:
                               recipe.augment.pca_lighting)
         self.fit_step = FitStep(self.model, self.optimizer, self.scaler, self.prep, self.precision, self.device,
                                 label_smoothing=recipe.train.label_smoothing,
-                                accumulate=recipe.train.accumulate, env=self.env)
+                                accumulate=recipe.train.accumulate, aux_weight=recipe.train.aux_weight,
+                                env=self.env)
         self.epoch = 0  # completed epochs
         self.epoch_step = 0  # completed steps within the current epoch
         self.step = 0  # completed optimisation steps
@@ -134,6 +137,7 @@ class Trainer:
             "meter": self.meter.state_dict(),
             "counters": {"nonfinite_skipped": self.nonfinite_skipped, "amp_skipped": self.amp_skipped},
             "rng": rng_state(),
+            **({"ema": self.ema.state_dict()} if self.ema else {}),
         }
 
     def _resume_candidates(self, spec: str) -> list[Path]:
@@ -169,6 +173,8 @@ class Trainer:
                 f"this run trains {self.recipe.model.arch} with {self.data.num_classes}; use another --out"
             )
         unwrap(self.model).load_state_dict(payload["model"])
+        if self.ema is not None:  # a checkpoint from a run without averaging starts it from the weights
+            self.ema.load_state_dict(payload.get("ema") or {"model": payload["model"], "updates": 0})
         self.optimizer.load_state_dict(payload["optimizer"])
         self.schedule.load_state_dict(payload["schedule"])
         self.scaler.load_state_dict(payload["scaler"])
@@ -197,6 +203,8 @@ class Trainer:
         save_atomic(state, self.out / "last.pt", previous=self.out / "prev.pt")
         if improved:
             weights = {k: state[k] for k in ("format", "version", "meta", "model", "epoch", "step", "best_top1")}
+            if self.ema is not None:  # best.pt holds the averaged weights that were validated
+                weights["model"] = state["ema"]["model"]
             save_atomic(weights, self.out / "best.pt")
 
     # ----------------------------------------------------------------- loop
@@ -244,6 +252,8 @@ class Trainer:
         if not self.fit_step.stepped:
             return 0
         self.amp_skipped += self.fit_step.overflowed  # fp16 overflow: skipped by the scaler, by design
+        if self.ema is not None:
+            self.ema.update(unwrap(self.model))
         meter.update(logits, y, loss_value)
         return int(y.shape[0])
 
@@ -294,8 +304,9 @@ class Trainer:
         if self.val_loader is None:
             return {}
         ks = (1, self.recipe.eval.topk)
-        (meter,), skipped = evaluate([distributed.eval_model(self.model)], self.val_loader, [self.prep],
-                                     self.device, self.precision, ks, progress=self.opts.progress)
+        model = self.ema.module if self.ema is not None else distributed.eval_model(self.model)
+        (meter,), skipped = evaluate([model], self.val_loader, [self.prep], self.device,
+                                     self.precision, ks, progress=self.opts.progress)
         self._note_skipped(skipped)
         meter = distributed.reduce_meter(meter, self.env, self.device)  # each sample once, over all shards
         result = meter.result()
