@@ -130,7 +130,10 @@ def bench_data(root: str, recipe_name: str = "resnet50", workers: int | None = N
     from cnntrain.engine.device import choose_precision, resolve_device, tune_cpu_process
     from cnntrain.recipe import load_recipe
 
-    recipe = load_recipe(recipe_name)
+    # The baseline's view (random-resized 224 crop and flip, no colour noise), whatever the
+    # recipe trains with, so the two pipelines do the same work.
+    recipe = load_recipe(recipe_name, ["augment.crop=resized", "augment.pca_lighting=0.0",
+                                       "augment.color_jitter=[0.0, 0.0, 0.0]"])
     dev = resolve_device(device)
     if dev.type == "cpu":
         tune_cpu_process()
