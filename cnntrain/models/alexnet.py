@@ -98,7 +98,24 @@ def _classifier(num_classes: int, dropout: float, width: int) -> nn.Sequential:
     )
 
 
-class AlexNet(nn.Module):
+class _FeaturesThenClassifier(nn.Module):
+    """``features`` -> 6x6 average pool -> the FC classifier, with the paper's init;
+    shared by the paper's layout and torchvision's (same module names in both)."""
+
+    features: nn.Sequential
+
+    def _finish(self, num_classes: int, dropout: float) -> None:
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = _classifier(num_classes, dropout, 256)
+        paper_init([m for m in self.features if isinstance(m, nn.Conv2d)],
+                   [m for m in self.classifier if isinstance(m, nn.Linear)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+class AlexNet(_FeaturesThenClassifier):
     """The paper's AlexNet; ``towers=2`` keeps conv2/4/5 and LRN within each GPU's half."""
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5,
@@ -125,17 +142,10 @@ class AlexNet(nn.Module):
             nn.ReLU(inplace=True),
             SafeMaxPool2d(kernel_size=3, stride=2),
         )
-        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-        self.classifier = _classifier(num_classes, dropout, 256)
-        paper_init([m for m in self.features if isinstance(m, nn.Conv2d)],
-                   [m for m in self.classifier if isinstance(m, nn.Linear)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.avgpool(self.features(x))
-        return self.classifier(torch.flatten(x, 1))
+        self._finish(num_classes, dropout)
 
 
-class AlexNetTV(nn.Module):
+class AlexNetTV(_FeaturesThenClassifier):
     """torchvision's single-tower AlexNet (64-192-384-256-256, no LRN), same module names."""
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> None:
@@ -155,14 +165,7 @@ class AlexNetTV(nn.Module):
             nn.ReLU(inplace=True),
             SafeMaxPool2d(kernel_size=3, stride=2),
         )
-        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-        self.classifier = _classifier(num_classes, dropout, 256)
-        paper_init([m for m in self.features if isinstance(m, nn.Conv2d)],
-                   [m for m in self.classifier if isinstance(m, nn.Linear)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.avgpool(self.features(x))
-        return self.classifier(torch.flatten(x, 1))
+        self._finish(num_classes, dropout)
 
 
 @register("alexnet", family="alexnet", paper=PAPER, input_size=224, year=2012)
