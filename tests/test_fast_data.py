@@ -58,11 +58,25 @@ def test_full_size_decode_gives_the_reference_view(crop):
         assert (fast.int() - ref.int()).abs().max() <= 1
 
 
-def test_reduced_decode_when_the_view_allows(monkeypatch):
-    raw = photo(320, 240, seed=1)
-    calls = []
+@pytest.fixture(params=["region decoder", "pillow draft"])
+def reductions(request, monkeypatch) -> list[int]:
+    """The scale reductions the pipeline decodes at, with cnntrain's region decoder and
+    without it (Pillow's draft mode); the list fills as JPEGs are decoded."""
+    calls: list[int] = []
+    if request.param == "region decoder":
+        if not fastjpeg.has_region_decoder():
+            pytest.skip("cnntrain's region decoder is not built here")
+        real_region = fastjpeg.decode_region
+        monkeypatch.setattr(fastjpeg, "decode_region", lambda raw, box, r=1: calls.append(r) or real_region(raw, box, r))
+    else:
+        monkeypatch.setattr(fastjpeg, "_jpegcrop", None)
     real = fastjpeg.decode_reduced
     monkeypatch.setattr(fastjpeg, "decode_reduced", lambda *a: calls.append(a[2]) or real(*a))
+    return calls
+
+
+def test_reduced_decode_when_the_view_allows(reductions):
+    raw = photo(320, 240, seed=1)
     tf = TrainTransform(DataSection(train_size=24), AugmentSection(crop="resized", scale=[0.5, 1.0], hflip=True))
     reference_img = decode_bytes(raw)
     for seed in range(6):
@@ -71,21 +85,21 @@ def test_reduced_decode_when_the_view_allows(monkeypatch):
         assert fast.shape == ref.shape == (3, 24, 24)
         # the DCT-domain downscale is a different low-pass filter: close, not identical
         assert (fast.float() - ref.float()).abs().mean() < 6
-    assert calls and all(r >= 2 for r in calls)
+    assert reductions and all(r >= 2 for r in reductions)
     # evaluation: shorter side 240 -> 32 allows 1/4 scale decoding; the centre crop matches
     ev = EvalTransform(DataSection(train_size=24, eval_resize=32))
-    calls.clear()
+    reductions.clear()
     fast, ref = decode_view(raw, ev), ev(reference_img)
-    assert calls == [4] and fast.shape == ref.shape
+    assert reductions == [4] and fast.shape == ref.shape
     assert (fast.float() - ref.float()).abs().mean() < 6
 
 
-def test_no_reduction_when_it_would_enlarge(monkeypatch):
+def test_no_reduction_when_it_would_enlarge(reductions):
     raw = photo(100, 75)
-    monkeypatch.setattr(fastjpeg, "decode_reduced", lambda *a: pytest.fail("reduced decode for a 48 px view"))
     tf = TrainTransform(DataSection(train_size=48), AugmentSection(crop="resized"))
     for seed in range(5):
         decode_view(raw, tf, gen(seed))
+    assert all(r == 1 for r in reductions)  # full-scale region decodes only, if any
 
 
 def test_views_depend_on_seed_epoch_and_index_only(tmp_path):
@@ -147,3 +161,25 @@ def test_epoch_order_and_seeds_do_not_depend_on_history():
     fresh = EpochSampler(len(ds), seed=2, world=2, rank=1)
     fresh.set_epoch(2)
     assert list(walked) == list(fresh)  # what a run resumed at epoch 2 reads
+
+
+def test_batch_prep_reuses_its_cpu_buffer_safely():
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    prep = BatchPrep(mean, std, torch.device("cpu"), channels_last=True)
+    fresh = BatchPrep(mean, std, torch.device("cpu"), channels_last=True, reuse=False)
+    a_in = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    b_in = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    a = prep(a_in)
+    torch.testing.assert_close(a, fresh(a_in), atol=0, rtol=0)
+    pointer = a.data_ptr()
+    b = prep(b_in)
+    assert b.data_ptr() == pointer  # no new 38 MiB batch per step
+    torch.testing.assert_close(b, fresh(b_in), atol=0, rtol=0)
+    assert prep(b_in[:3]).shape == (3, 3, 8, 8)  # a last, smaller batch gets its own buffer
+    # A result still needed by an autograd graph when the buffer is rewritten is an error,
+    # never silently wrong gradients.
+    conv = torch.nn.Conv2d(3, 2, 3)
+    loss = conv(prep(a_in)).sum()
+    prep(b_in)
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from cnntrain.data.cifar import find_cifar, load_cifar
 from cnntrain.data.digits import CLASSES as DIGIT_CLASSES
 from cnntrain.data.digits import TensorImages, load_digits_split, mean_std
+from cnntrain.data import fastjpeg
 from cnntrain.data.fastjpeg import is_hwc
 from cnntrain.data.folder import ImageFolderDataset, Skipped, load_folder
 from cnntrain.data.sampler import EpochSampler, shard
@@ -116,6 +117,10 @@ def build_data(recipe: Recipe, data: str | None, *, train: bool = True, crops: i
         mean, std = STATS["folder"]
         if not found["val"]:
             notes.append(f"{root}/val is missing or empty: validation is skipped")
+        if not fastjpeg.has_region_decoder():
+            notes.append("JPEGs are decoded whole: cnntrain's region decoder was not built (libjpeg's headers "
+                         "were missing at install); install libjpeg-turbo's development files "
+                         "(Debian: libjpeg62-turbo-dev) and reinstall cnntrain for faster loading")
         train_ds = ImageFolderDataset(found["train"], train_tf) if train else None
         val_ds = ImageFolderDataset(found[split], eval_tf)
     if train and train_ds is not None and len(train_ds) == 0:

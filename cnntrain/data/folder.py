@@ -22,6 +22,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 from cnntrain.data import fastjpeg
 from cnntrain.data.sampler import sample_key
+from cnntrain.data.transforms import scaled_box
 from cnntrain.errors import CnnTrainError
 
 _NATIVE = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"RIFF")
@@ -102,25 +103,50 @@ def _read_with_pil(raw: bytes) -> torch.Tensor:
 
 
 def decode_view(raw: bytes, transform, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Decode ``raw`` and apply ``transform`` (a Train- or EvalTransform), decoding a JPEG
-    at 1/2, 1/4 or 1/8 scale when the view it draws allows (see :mod:`fastjpeg`)."""
+    """Decode ``raw`` and apply ``transform`` (a Train- or EvalTransform). A JPEG's view is
+    drawn from its header first, so that only the view's region is decoded, at 1/2, 1/4 or
+    1/8 scale when the view allows (see :mod:`fastjpeg`)."""
     size = fastjpeg.jpeg_size(raw)
     if size is None or not hasattr(transform, "draw"):
         img = decode_bytes(raw)
         return transform(img, generator) if transform is not None else img
     params = transform.draw(*size, generator)
     reduction = fastjpeg.reduction_for(transform.max_reduction(*size, params))
-    img = None
-    if reduction > 1:
-        try:
-            img = fastjpeg.decode_reduced(raw, size, reduction)
-        except Exception:  # noqa: BLE001 - let the full decoder give the verdict on this file
-            img = None
-    if img is None:
-        img = fastjpeg.channels_last(decode_bytes(raw))
-    if tuple(img.shape[-2:]) != size and reduction == 1:
+    img = _decode_fast(raw, size, reduction, transform, params)
+    if img is not None:
+        return img
+    img = fastjpeg.channels_last(decode_bytes(raw))
+    if tuple(img.shape[-2:]) != size:
         size = tuple(img.shape[-2:])  # the header lied; the view was drawn for another size
         params = transform.draw(*size, generator)
+    return transform.apply(img, params, size)
+
+
+def _decode_fast(raw: bytes, size: tuple[int, int], reduction: int, transform, params: tuple):
+    """The view from a region and/or reduced-scale decode, or None when the file needs the
+    full decoder's verdict (damaged, truncated, CMYK, ...)."""
+    try:
+        if fastjpeg.has_region_decoder():
+            box = transform.region(params)
+            if box is not None:
+                scaled = fastjpeg.scaled_size(size, reduction)
+                box = scaled_box(box, size, scaled)
+                img = fastjpeg.decode_region(raw, box, reduction)
+                return transform.apply(img, transform.on_region(params, box[2:]))
+            scaled = fastjpeg.scaled_size(size, reduction)
+            support = transform.support(params, scaled) if hasattr(transform, "support") else None
+            if support is not None and support[2] * support[3] < scaled[0] * scaled[1]:
+                img = fastjpeg.decode_into_frame(raw, support, scaled, reduction)
+            elif reduction > 1:
+                img = fastjpeg.decode_region(raw, None, reduction)
+            else:
+                return None  # a whole image at full size: torchvision decodes it as fast
+        elif reduction > 1:
+            img = fastjpeg.decode_reduced(raw, size, reduction)
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - let the full decoder give the verdict on this file
+        return None
     return transform.apply(img, params, size)
 
 

@@ -55,6 +55,28 @@ def shorter_side_size(h: int, w: int, size: int) -> tuple[int, int]:
     return size, int(size * w / h)
 
 
+def resize_support(in_size: int, out_size: int, start: int, stop: int, margin: int = 2) -> tuple[int, int]:
+    """The source indices [first, last) that output indices [start, stop) of an
+    antialiased bilinear resize from ``in_size`` to ``out_size`` read, as torch computes
+    its filter windows (centre ``scale * (i + 0.5)``, half-width ``max(scale, 1)``), widened
+    by ``margin`` against rounding."""
+    if in_size == out_size:
+        return max(start - margin, 0), min(stop + margin, in_size)
+    scale = in_size / out_size
+    half = max(scale, 1.0)
+    first = int(scale * (start + 0.5) - half + 0.5) - margin
+    last = int(scale * (stop - 0.5) + half + 0.5) + margin
+    return max(first, 0), min(last, in_size)
+
+
+def crop_support(h: int, w: int, resized_hw: tuple[int, int], top: int, left: int, size: int) -> tuple[int, int, int, int]:
+    """The box (top, left, height, width) of an (h, w) image that a ``size`` crop at (top,
+    left) of the image resized to ``resized_hw`` depends on."""
+    y0, y1 = resize_support(h, resized_hw[0], top, top + size)
+    x0, x1 = resize_support(w, resized_hw[1], left, left + size)
+    return y0, x0, y1 - y0, x1 - x0
+
+
 def resize_shorter(img: torch.Tensor, size: int) -> torch.Tensor:
     h, w = img.shape[-2:]
     if min(h, w) == size:
@@ -106,7 +128,7 @@ def random_resized_params(h: int, w: int, scale: list[float], ratio: list[float]
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def _scaled_box(box: tuple[int, int, int, int], src_hw: tuple[int, int],
+def scaled_box(box: tuple[int, int, int, int], src_hw: tuple[int, int],
                 img_hw: tuple[int, int]) -> tuple[int, int, int, int]:
     """A box drawn on the ``src_hw`` image, in the coordinates of the same image decoded
     at a reduced size ``img_hw`` (a JPEG decoded at 1/2, 1/4 or 1/8 scale)."""
@@ -164,6 +186,33 @@ class TrainTransform:
             return min(h, w) / box[0]
         return min(h, w) / (self.size if crop == "pad" else max(self.eval_resize, self.size))
 
+    def region(self, params: tuple) -> tuple[int, int, int, int] | None:
+        """The box (top, left, height, width) of the source image that the view ``params``
+        reads, when decoding only that box gives the same view (a random-resized crop
+        resizes just its box); None when the view needs the whole image (resizing the
+        whole image first, as the other crops do, filters across the crop's edges)."""
+        return params[0] if self.aug.crop == "resized" else None
+
+    def support(self, params: tuple, hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
+        """For views that resize the whole (h, w) image and then crop it: the box of the
+        image that the crop's pixels depend on (the resize filter's reach included), or
+        None. The view of an image that holds the right pixels inside this box, whatever
+        lies outside, is the view of the whole image."""
+        h, w = hw
+        box, size, crop = params[0], self.size, self.aug.crop
+        if crop == "random":
+            side, top, left = max(self.aug.resize, size), box[0], box[1]
+        elif crop == "scale_jitter":
+            side, top, left = box
+        else:
+            return None
+        rh, rw = shorter_side_size(h, w, side)
+        return crop_support(h, w, (rh, rw), min(top, rh - size), min(left, rw - size), size)
+
+    def on_region(self, params: tuple, region_hw: tuple[int, int]) -> tuple:
+        """``params`` for an image that is just the :meth:`region` (of size ``region_hw``)."""
+        return ((0, 0, *region_hw), *params[1:])
+
     def apply(self, img: torch.Tensor, params: tuple, src_hw: tuple[int, int] | None = None) -> torch.Tensor:
         """The view ``params`` (drawn for an image of size ``src_hw``, default: img's own)."""
         size, aug = self.size, self.aug
@@ -171,7 +220,7 @@ class TrainTransform:
         source = img
         if aug.crop == "resized":
             hw = tuple(img.shape[-2:])
-            top, left, h, w = _scaled_box(box, src_hw or hw, hw)
+            top, left, h, w = scaled_box(box, src_hw or hw, hw)
             img = TF.resized_crop(img, top, left, h, w, [size, size], antialias=True)
         elif aug.crop == "random":
             img = resize_shorter(img, max(aug.resize, size))
@@ -243,6 +292,21 @@ class EvalTransform:
     def max_reduction(self, h: int, w: int, params: tuple) -> float:
         return min(h, w) / max([self.resize, self.size, *self.scales])
 
+    def region(self, params: tuple) -> None:
+        return None  # the shorter side is resized before the crop: see support()
+
+    def support(self, params: tuple, hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
+        """The part of the image one centre crop depends on (see TrainTransform.support);
+        None for 10 crops or several scales, which need all of it."""
+        if self.crops != 1 or self.scales:
+            return None
+        h, w = hw
+        side = max(self.resize, self.size)
+        rh, rw = shorter_side_size(h, w, side)
+        # TF.center_crop's offsets: round((rh - size) / 2)
+        top, left = int(round((rh - self.size) / 2.0)), int(round((rw - self.size) / 2.0))
+        return crop_support(h, w, (rh, rw), top, left, self.size)
+
     def apply(self, img: torch.Tensor, params: tuple = (), src_hw: tuple[int, int] | None = None) -> torch.Tensor:
         """One centre crop, or a (V, C, H, W) stack: 10 crops, and/or one view set per test scale."""
         source = img
@@ -274,10 +338,19 @@ class BatchPrep:
     The memory-format change happens on the uint8 batch (a quarter of the bytes), and
     conversion and normalisation are one multiply-add from uint8 to float, so the float
     batch is written once.
+
+    On CPU the float batch is written into a buffer kept from the previous call of the
+    same shape (a result is valid until the next call): a fresh 38 MiB batch per step
+    meant fresh pages, and page faults cost 10 to 190 ms a batch in the VMs measured here,
+    more than the conversion itself. A stale result still held by an autograd graph is
+    caught by autograd's in-place check, not used silently. CUDA's caching allocator
+    already reuses memory, so there every call returns a new tensor.
     """
 
+    MAX_BUFFERS = 4  # distinct batch shapes (last batch, accumulation chunks, eval crops)
+
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
-                 channels_last: bool = False, lighting: float = 0.0) -> None:
+                 channels_last: bool = False, lighting: float = 0.0, reuse: bool | None = None) -> None:
         mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         std_t = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
         self.mean, self.std = mean_t, std_t
@@ -285,6 +358,20 @@ class BatchPrep:
         self.device = device
         self.channels_last = channels_last
         self.lighting = lighting
+        self.reuse = device.type == "cpu" if reuse is None else reuse
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def _output(self, x: torch.Tensor) -> torch.Tensor | None:
+        if not self.reuse:
+            return None
+        key = (tuple(x.shape), x.stride())
+        buf = self._buffers.get(key)
+        if buf is None:
+            if len(self._buffers) >= self.MAX_BUFFERS:
+                self._buffers.clear()
+            buf = torch.empty_strided(x.shape, x.stride(), dtype=torch.float32, device=x.device)
+            self._buffers[key] = buf
+        return buf
 
     def __call__(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True)
@@ -294,5 +381,10 @@ class BatchPrep:
         x = x.contiguous(memory_format=fmt)
         if train and self.lighting > 0:
             x = pca_lighting(x.float(), self.lighting, value_scale=255.0)
-        # one pass: uint8 in, float out (type promotion), memory format kept
-        return torch.addcmul(self.shift, x, self.scale)
+        out = self._output(x)
+        if out is None:  # one pass: uint8 in, float out (type promotion), memory format kept
+            return torch.addcmul(self.shift, x, self.scale)
+        # On CPU a mixed-dtype op first copies its uint8 input to a float temporary (fresh
+        # pages again); converting into the buffer and normalising in place avoids it.
+        out.copy_(x)
+        return torch.addcmul(self.shift, out, self.scale, out=out)

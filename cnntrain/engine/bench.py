@@ -126,7 +126,7 @@ def bench_data(root: str, recipe_name: str = "resnet50", workers: int | None = N
     from torchvision import datasets
     from torchvision import transforms as T
 
-    from cnntrain.data import BatchPrep, EpochSampler, build_data, default_workers, make_loader
+    from cnntrain.data import BatchPrep, EpochSampler, build_data, default_workers, fastjpeg, make_loader
     from cnntrain.engine.device import choose_precision, resolve_device, tune_cpu_process
     from cnntrain.recipe import load_recipe
 
@@ -181,7 +181,7 @@ def bench_data(root: str, recipe_name: str = "resnet50", workers: int | None = N
     result = {"ours_images_per_s": _median(ours), "baseline_images_per_s": _median(base),
               "ours_runs": ours, "baseline_runs": base, "workers": workers, "batch_size": batch_size,
               "batches": batches, "device": str(dev), "images_in_folder": len(bundle.train),
-              "crop": f"{aug.crop} {size}", "recipe": recipe.name}
+              "crop": f"{aug.crop} {size}", "recipe": recipe.name, "jpeg_decoder": fastjpeg.decoder()}
     result["ratio"] = result["ours_images_per_s"] / result["baseline_images_per_s"]
     print(f"bench data: {len(bundle.train)} images in {root}, {workers} loader workers, batch {batch_size}, "
           f"{batches} timed batches x {repeats} rounds, {dev}")
@@ -190,6 +190,7 @@ def bench_data(root: str, recipe_name: str = "resnet50", workers: int | None = N
           f"{', '.join(f'{v:.0f}' for v in base)})")
     print(f"  cnntrain  {recipe.name} training pipeline ({aug.crop} crop {size}, uint8 until the device): "
           f"{result['ours_images_per_s']:8.1f} images/s  (runs: {', '.join(f'{v:.0f}' for v in ours)})")
+    print(f"            JPEG decoding: {result['jpeg_decoder']}")
     print(f"  ratio     {result['ratio']:.2f}x")
     return result
 
