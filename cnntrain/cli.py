@@ -263,6 +263,22 @@ def bench_data(
     write_json(run(data, recipe, workers, batches, batch_size, warmup, repeats, device), json_out)
 
 
+@bench_app.command("decode")
+def bench_decode(
+    data: str = typer.Option(..., "--data", help="ImageNet-style root of JPEGs (train/CLASS/*.jpg)."),
+    count: int = typer.Option(200, "--count", help="JPEGs to time (the first of train/)."),
+    repeats: int = typer.Option(3, "--repeats", help="Rounds; medians reported."),
+    json_out: Optional[str] = typer.Option(None, "--json"),
+) -> None:
+    """Per-image milliseconds, one thread: the baseline's and cnntrain's sample, and decoding alone."""
+    from cnntrain.engine.bench import bench_decode as run
+    from cnntrain.engine.evaluate import write_json
+
+    if min(count, repeats) < 1:
+        raise CnnTrainError("--count and --repeats must be at least 1")
+    write_json(run(data, count, repeats), json_out)
+
+
 @bench_app.command("train")
 def bench_train(
     recipe: str = typer.Option(..., "--recipe", "-r"),

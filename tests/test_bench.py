@@ -2,7 +2,10 @@
 speed claims live in BENCHMARKS.md, measured by these commands)."""
 from __future__ import annotations
 
-from cnntrain.engine.bench import bench_data, bench_train, make_jpegs
+import torch
+
+from cnntrain.data import fastjpeg
+from cnntrain.engine.bench import bench_data, bench_decode, bench_train, make_jpegs
 
 
 def test_bench_data_on_tiny_jpegs(tmp_path, capsys):
@@ -17,3 +20,18 @@ def test_bench_train_lenet(capsys):
     result = bench_train("lenet5", steps=2, batch_size=8, device="cpu", warmup=1, repeats=1)
     assert result["batch_size"] == 8 and result["speedup"] > 0
     assert "overhead" in capsys.readouterr().out
+
+
+def test_bench_decode_on_tiny_jpegs(tmp_path, capsys):
+    make_jpegs(tmp_path / "jpegs", count=6, classes=2, size=(320, 240))
+    threads = torch.get_num_threads()
+    try:
+        result = bench_decode(str(tmp_path / "jpegs"), count=6, repeats=1)
+    finally:
+        torch.set_num_threads(threads)
+    ms = result["ms_per_image"]
+    assert result["images"] == 6 and all(v > 0 for v in ms.values())
+    out = capsys.readouterr().out
+    assert "baseline sample" in out and "cnntrain sample" in out
+    if fastjpeg.has_region_decoder():
+        assert "entropy decoding alone" in out and result["ceiling_ratio"] > 0

@@ -183,3 +183,24 @@ def test_batch_prep_reuses_its_cpu_buffer_safely():
     prep(b_in)
     with pytest.raises(RuntimeError, match="inplace"):
         loss.backward()
+
+
+def test_device_prefetch_is_the_loader_itself_off_cuda():
+    from cnntrain.engine.device import ahead_to_device
+
+    batches = [(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(2, dtype=torch.long), [])]
+    assert ahead_to_device(batches, torch.device("cpu")) is batches
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (checked on a GPU machine only)")
+def test_device_prefetch_delivers_every_batch_on_the_gpu_in_order():
+    from cnntrain.engine.device import ahead_to_device
+
+    device = torch.device("cuda")
+    host = [(torch.full((4, 3, 8, 8), i, dtype=torch.uint8).pin_memory(), torch.full((4,), i), [i])
+            for i in range(5)]
+    seen = list(ahead_to_device(host, device))
+    assert len(seen) == 5
+    for i, (images, target, skipped) in enumerate(seen):
+        assert images.device.type == "cuda" and target.device.type == "cuda" and skipped == [i]
+        assert int(images.float().mean()) == i and int(target[0]) == i

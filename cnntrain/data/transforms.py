@@ -69,7 +69,8 @@ def resize_support(in_size: int, out_size: int, start: int, stop: int, margin: i
     return max(first, 0), min(last, in_size)
 
 
-def crop_support(h: int, w: int, resized_hw: tuple[int, int], top: int, left: int, size: int) -> tuple[int, int, int, int]:
+def crop_support(h: int, w: int, resized_hw: tuple[int, int], top: int, left: int,
+                 size: int) -> tuple[int, int, int, int]:
     """The box (top, left, height, width) of an (h, w) image that a ``size`` crop at (top,
     left) of the image resized to ``resized_hw`` depends on."""
     y0, y1 = resize_support(h, resized_hw[0], top, top + size)

@@ -12,6 +12,9 @@ baseline in the same run, on the same machine, and prints the ratio.
   precision and memory-format policy) on synthetic data, against a bare PyTorch loop
   (same model, batch and SGD; fp32, NCHW), and against a bare loop with the engine's
   settings, which isolates the engine's own overhead.
+- ``bench decode``: milliseconds per image in one thread, for the baseline's and
+  cnntrain's per-sample work and the JPEG decoding inside them, down to the entropy
+  decoding that bounds any libjpeg-based pipeline.
 - ``bench make-jpegs``: an ImageFolder of ImageNet-sized JPEGs to run ``bench data`` on.
 
 Runs alternate the contenders (A B A B ...) so that load from other programs affects
@@ -192,6 +195,86 @@ def bench_data(root: str, recipe_name: str = "resnet50", workers: int | None = N
           f"{result['ours_images_per_s']:8.1f} images/s  (runs: {', '.join(f'{v:.0f}' for v in ours)})")
     print(f"            JPEG decoding: {result['jpeg_decoder']}")
     print(f"  ratio     {result['ratio']:.2f}x")
+    return result
+
+
+# --------------------------------------------------------------------------- bench decode
+
+
+def bench_decode(root: str, count: int = 200, repeats: int = 3) -> dict[str, Any]:
+    """Milliseconds per training image in one process on one thread: the baseline's and
+    cnntrain's whole per-sample work, and the decoding steps inside them, down to
+    libjpeg-turbo's entropy decoding alone (the part no crop or scale can skip), which
+    bounds what any libjpeg-based CPU pipeline can gain over the baseline."""
+    import io
+
+    from PIL import Image
+    from torchvision import datasets
+    from torchvision import transforms as T
+    from torchvision.io import decode_jpeg
+
+    from cnntrain.data import build_data, fastjpeg
+    from cnntrain.data.folder import decode_view
+    from cnntrain.recipe import load_recipe
+
+    torch.set_num_threads(1)
+    recipe = load_recipe("resnet50", ["augment.crop=resized", "augment.pca_lighting=0.0",
+                                      "augment.color_jitter=[0.0, 0.0, 0.0]"])
+    bundle = build_data(recipe, root, train=True)
+    if bundle.kind != "folder":
+        raise CnnTrainError(f"bench decode reads an ImageNet-style folder of JPEGs; {root} is {bundle.kind}")
+    paths = [p for p, _ in bundle.train.samples[:count]]
+    raws = [Path(p).read_bytes() for p in paths]
+    sizes = [fastjpeg.jpeg_size(r) for r in raws]
+    if not raws or None in sizes:
+        raise CnnTrainError(f"bench decode needs JPEG files; {root}/train holds other images or none")
+    aug = recipe.augment
+    reference = T.Compose([T.RandomResizedCrop(224, scale=tuple(aug.scale), ratio=tuple(aug.ratio)),
+                           T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(bundle.mean, bundle.std)])
+    base_set = datasets.ImageFolder(str(Path(root) / "train"), transform=reference)
+    tf = bundle.train.transform
+    views = [tf.draw(*hw, torch.Generator().manual_seed(i)) for i, hw in enumerate(sizes)]
+
+    def pil_decode(raw: bytes) -> None:
+        with Image.open(io.BytesIO(raw)) as im:
+            im.convert("RGB").load()
+
+    steps: dict[str, Callable[[int], Any]] = {
+        "baseline sample: PIL + RandomResizedCrop + flip + ToTensor + Normalize": lambda i: base_set[i],
+        "cnntrain sample: view drawn from the header, region decode, uint8 resize + flip":
+            lambda i: decode_view(raws[i], tf, torch.Generator().manual_seed(i)),
+        "decode whole image, PIL (libjpeg-turbo)": lambda i: pil_decode(raws[i]),
+        "decode whole image, torchvision decode_jpeg (libjpeg-turbo)":
+            lambda i: decode_jpeg(torch.frombuffer(bytearray(raws[i]), dtype=torch.uint8)),
+    }
+    if fastjpeg.has_region_decoder():
+        steps["decode the crop box only (region decoder)"] = lambda i: fastjpeg.decode_region(raws[i], views[i][0])
+        # One pixel of the last row: every row above is entropy-decoded and skipped.
+        steps["entropy decoding alone (region decoder, last row only)"] = \
+            lambda i: fastjpeg.decode_region(raws[i], (sizes[i][0] - 1, 0, 1, 1))
+    runs: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for name, fn in steps.items():
+            for i in range(min(10, len(raws))):  # warm-up: caches, first calls
+                fn(i)
+            start = time.perf_counter()
+            for i in range(len(raws)):
+                fn(i)
+            runs[name].append((time.perf_counter() - start) / len(raws) * 1e3)
+    ms = {k: _median(v) for k, v in runs.items()}
+    names = list(steps)
+    result = {"images": len(raws), "ms_per_image": ms, "runs": runs, "jpeg_decoder": fastjpeg.decoder(),
+              "sample_ratio": ms[names[0]] / ms[names[1]]}
+    print(f"bench decode: {len(raws)} JPEGs of {root}/train, one thread, milliseconds per image "
+          f"(median of {repeats} rounds)")
+    for name in names:
+        print(f"  {ms[name]:7.3f}  {name}")
+    print(f"  ratio     baseline sample / cnntrain sample: {result['sample_ratio']:.2f}x")
+    floor = names[-1] if fastjpeg.has_region_decoder() else None
+    if floor:
+        result["ceiling_ratio"] = ms[names[0]] / ms[floor]
+        print(f"  ceiling   baseline sample / entropy decoding alone: {result['ceiling_ratio']:.2f}x "
+              "(a pipeline that did nothing else)")
     return result
 
 

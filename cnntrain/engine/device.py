@@ -11,6 +11,9 @@ On CPU, :func:`tune_cpu_process` keeps freed large blocks in glibc's heap instea
 handing them back to the OS: each step allocates and frees the same large activation and
 batch buffers, and fresh pages cost a page fault each (what jemalloc or tcmalloc, which
 PyTorch's CPU tuning guide recommends, also avoid).
+
+On CUDA, :func:`ahead_to_device` copies the next batch to the GPU on a side stream while
+the current one trains (batches are uint8, pinned by the loader).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import ctypes
 import os
 import random
 import sys
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -25,6 +29,49 @@ import numpy as np
 import torch
 
 from cnntrain.errors import CnnTrainError
+
+
+def ahead_to_device(loader: Iterable, device: torch.device) -> Iterable:
+    """``loader``'s (images, targets, skipped) batches, each copied to ``device`` while the
+    previous one is in use. Off CUDA the loader itself (there is nothing to overlap)."""
+    if device.type != "cuda":
+        return loader
+    return _CudaPrefetcher(loader, device)
+
+
+class _CudaPrefetcher:
+    """Copies batch i+1 host->GPU on a side stream while batch i trains on the current one.
+    The consumer's stream waits for the copy before using a batch, and the batch's memory
+    is marked as used by that stream, so the caching allocator cannot hand it out early."""
+
+    def __init__(self, loader: Iterable, device: torch.device) -> None:
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator:
+        stream = torch.cuda.Stream(self.device)
+        source = iter(self.loader)
+
+        def copy_next():
+            batch = next(source, None)
+            if batch is None:
+                return None
+            images, target, skipped = batch
+            with torch.cuda.stream(stream):
+                return (images.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True),
+                        skipped)
+
+        upcoming = copy_next()
+        while upcoming is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(stream)
+            images, target, skipped = upcoming
+            images.record_stream(current)
+            target.record_stream(current)
+            upcoming = copy_next()
+            yield images, target, skipped
 
 
 def resolve_device(name: str = "auto") -> torch.device:

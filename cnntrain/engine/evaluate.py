@@ -18,7 +18,7 @@ from tqdm import tqdm
 from cnntrain.data import BatchPrep, DataBundle, build_data, default_workers, make_loader
 from cnntrain.engine import distributed
 from cnntrain.engine.checkpoint import build_from_checkpoint, load_checkpoint
-from cnntrain.engine.device import Precision, choose_precision, resolve_device
+from cnntrain.engine.device import Precision, ahead_to_device, choose_precision, resolve_device
 from cnntrain.engine.metrics import Meter
 from cnntrain.errors import CnnTrainError
 from cnntrain.recipe import Recipe, recipe_from_dict
@@ -46,7 +46,8 @@ def evaluate(models: list[nn.Module], loader, preps: list[BatchPrep], device: to
     meters = [Meter(ks) for _ in models] + ([Meter(ks)] if combine else [])
     skipped: list = []
     try:
-        for images, target, bad in tqdm(loader, desc="eval", leave=False, disable=None if progress else True):
+        batches = ahead_to_device(loader, device)
+        for images, target, bad in tqdm(batches, desc="eval", leave=False, disable=None if progress else True):
             skipped += bad
             if images.numel() == 0:
                 continue

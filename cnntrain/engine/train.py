@@ -30,7 +30,8 @@ from cnntrain import __version__
 from cnntrain.data import BatchPrep, DataBundle, build_data, default_workers
 from cnntrain.engine import distributed
 from cnntrain.engine.checkpoint import FORMAT, load_checkpoint, model_meta, save_atomic, unwrap
-from cnntrain.engine.device import Precision, choose_precision, rng_state, seed_everything, set_rng_state
+from cnntrain.engine.device import (Precision, ahead_to_device, choose_precision, rng_state, seed_everything,
+                                    set_rng_state)
 from cnntrain.engine.ema import make_average
 from cnntrain.engine.evaluate import evaluate
 from cnntrain.engine.metrics import Meter
@@ -218,7 +219,8 @@ class Trainer:
         self.sampler.set_epoch(self.epoch, self.epoch_step * self.batch)
         distributed.reseed_rank(self.env, self.recipe.train.seed, self.epoch, self.epoch_step)
         start, seen = time.perf_counter(), 0
-        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
+        batches = ahead_to_device(self.train_loader, self.device)
+        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
                    initial=self.epoch_step, total=self.steps_per_epoch,
                    disable=None if self.opts.progress else True, dynamic_ncols=True)
         lr = self.schedule.lr_at(self.step)
