@@ -10,7 +10,8 @@ see BENCHMARKS.md). The training step is the same code either way.
 On CPU, :func:`tune_cpu_process` keeps freed large blocks in glibc's heap instead of
 handing them back to the OS: each step allocates and frees the same large activation and
 batch buffers, and fresh pages cost a page fault each (what jemalloc or tcmalloc, which
-PyTorch's CPU tuning guide recommends, also avoid).
+PyTorch's CPU tuning guide recommends, also avoid). No block is mmap'd at all, since
+glibc caps the mmap threshold at 32 MiB and batches and activations exceed it.
 
 On CUDA, :func:`ahead_to_device` copies the next batch to the GPU on a side stream while
 the current one trains (batches are uint8, pinned by the loader).
