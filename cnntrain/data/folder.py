@@ -127,14 +127,13 @@ def _decode_fast(raw: bytes, size: tuple[int, int], reduction: int, transform, p
     full decoder's verdict (damaged, truncated, CMYK, ...)."""
     try:
         if fastjpeg.has_region_decoder():
+            scaled = fastjpeg.scaled_size(size, reduction)
             box = transform.region(params)
             if box is not None:
-                scaled = fastjpeg.scaled_size(size, reduction)
                 box = scaled_box(box, size, scaled)
                 img = fastjpeg.decode_region(raw, box, reduction)
                 return transform.apply(img, transform.on_region(params, box[2:]))
-            scaled = fastjpeg.scaled_size(size, reduction)
-            support = transform.support(params, scaled) if hasattr(transform, "support") else None
+            support = transform.support(params, scaled)
             if support is not None and support[2] * support[3] < scaled[0] * scaled[1]:
                 img = fastjpeg.decode_into_frame(raw, support, scaled, reduction)
             elif reduction > 1:

@@ -60,8 +60,6 @@ def resize_support(in_size: int, out_size: int, start: int, stop: int, margin: i
     antialiased bilinear resize from ``in_size`` to ``out_size`` read, as torch computes
     its filter windows (centre ``scale * (i + 0.5)``, half-width ``max(scale, 1)``), widened
     by ``margin`` against rounding."""
-    if in_size == out_size:
-        return max(start - margin, 0), min(stop + margin, in_size)
     scale = in_size / out_size
     half = max(scale, 1.0)
     first = int(scale * (start + 0.5) - half + 0.5) - margin
