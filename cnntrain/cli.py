@@ -1,7 +1,13 @@
-"""The command line: parses arguments, then calls one engine function per command.
+"""The command line: parses arguments into an options dataclass, then calls one engine
+function per command.
 
 User errors (:class:`CnnTrainError`) print one line on stderr and exit with code 2;
 ``--debug`` shows their traceback too.
+
+The engine modules are imported inside the commands that run them, not here: they pull
+in TensorBoard, torch's elastic launcher, torchvision's datasets and matplotlib, which
+``cnntrain --help``, ``recipes`` or ``models`` have no use for. (torch itself is imported
+by the package for the model registry.)
 """
 from __future__ import annotations
 
@@ -11,13 +17,19 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import torch
 import typer
 
 from cnntrain.errors import CnnTrainError
+from cnntrain.engine.options import (BenchDataOptions, BenchDecodeOptions, BenchTrainOptions, EnsembleOptions,
+                                     EvalOptions, FitOptions, parse_scales)
+from cnntrain.models import build_model, list_models, model_info
+from cnntrain.output import write_json
+from cnntrain.recipe import load_recipe, recipe_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, evaluate and ensemble the classic CNNs the way their papers did.")
-_state = {"debug": False}
+_state = {"debug": False}  # the one place --debug is read (set by the root callback)
 
 
 @app.callback()
@@ -48,12 +60,11 @@ def fit(
     Several GPUs: --nproc N on one machine, or torchrun on several
     (torchrun --nnodes M --nproc-per-node N ... -m cnntrain fit ...).
     optim.batch_size is the global batch, split across the processes."""
-    from cnntrain.engine import distributed
-    from cnntrain.engine.train import FitOptions
+    from cnntrain.engine.distributed import DistEnv, per_process_batch
+    from cnntrain.engine.launch import check_launch, launch
     from cnntrain.engine.train import fit as run_fit
-    from cnntrain.recipe import load_recipe
 
-    distributed.check_launch(nproc, device, strategy)
+    check_launch(nproc, device, strategy)
 
     overrides = list(set_)
     if batch_size is not None:
@@ -70,8 +81,8 @@ def fit(
     opts = FitOptions(out=out or Path("runs") / r.name, data=data, device=device, workers=workers,
                       resume=resume, progress=progress, strategy=strategy)
     if nproc > 1:
-        distributed.per_process_batch(r.optim.batch_size, distributed.DistEnv(world=nproc), r.train.accumulate)
-        distributed.launch(run_fit, (r, opts), nproc, debug=_state["debug"])
+        per_process_batch(r.optim.batch_size, DistEnv(world=nproc), r.train.accumulate)
+        launch(run_fit, (r, opts), nproc, debug=_state["debug"])
     else:
         run_fit(r, opts)
 
@@ -92,31 +103,20 @@ def eval_(
     nproc: int = typer.Option(1, "--nproc", help="Evaluate a shard in each of N processes (one per GPU)."),
 ) -> None:
     """Top-1 and top-K accuracy, loss and sample count of a checkpoint."""
-    from cnntrain.engine import distributed
-    from cnntrain.engine.evaluate import eval_checkpoint, write_json
+    from cnntrain.engine.distributed import env_from_environ, teardown
+    from cnntrain.engine.evaluate import eval_checkpoint
+    from cnntrain.engine.launch import check_launch, launch
 
-    if split not in ("val", "train"):
-        raise CnnTrainError(f"--split {split!r}: use val or train")
-    if crops not in (None, 1, 10):
-        raise CnnTrainError(f"--crops {crops}: use 1 or 10")
-    if topk is not None and topk < 1:
-        raise CnnTrainError("--topk must be at least 1")
-    scale_list = None
-    if scales is not None:
-        try:
-            scale_list = [int(v) for v in scales.split(",") if v.strip()]
-        except ValueError:
-            raise CnnTrainError(f"--scales {scales!r}: expected integers, e.g. 256,384,512") from None
-        if any(v <= 0 for v in scale_list):
-            raise CnnTrainError(f"--scales {scales!r}: scales must be positive")
-    distributed.check_launch(nproc, device, "ddp")
-    args = (checkpoint, data, split, topk, crops, device, workers, batch_size, True, scale_list)
+    opts = EvalOptions(checkpoint=checkpoint, data=data, split=split, topk=topk, crops=crops,
+                       scales=parse_scales(scales), device=device, workers=workers, batch_size=batch_size,
+                       nproc=nproc)
+    check_launch(nproc, device, "ddp")
     if nproc > 1:
-        result = distributed.launch(eval_checkpoint, args, nproc, debug=_state["debug"])
+        result = launch(eval_checkpoint, (opts,), nproc, debug=_state["debug"])
     else:
-        result = eval_checkpoint(*args)
-        distributed.teardown()
-    if distributed.env_from_environ().is_main:
+        result = eval_checkpoint(opts)
+        teardown()
+    if env_from_environ().is_main:
         write_json(result, json_out)
 
 
@@ -133,14 +133,11 @@ def ensemble(
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
 ) -> None:
     """Each member's and the ensemble's top-1/top-K, reading the data once."""
-    from cnntrain.engine.evaluate import ensemble_checkpoints, write_json
+    from cnntrain.engine.evaluate import ensemble_checkpoints
 
-    if crops not in (1, 10):
-        raise CnnTrainError(f"--crops {crops}: use 1 or 10")
-    if topk < 1:
-        raise CnnTrainError("--topk must be at least 1")
-    result = ensemble_checkpoints(checkpoints, data, topk, combine, device, workers, batch_size, crops)
-    write_json(result, json_out)
+    opts = EnsembleOptions(checkpoints=list(checkpoints), data=data, topk=topk, combine=combine, crops=crops,
+                           device=device, workers=workers, batch_size=batch_size)
+    write_json(ensemble_checkpoints(opts), json_out)
 
 
 @app.command()
@@ -149,7 +146,6 @@ def recipes(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """List the paper recipes, or show one resolved."""
-    from cnntrain.recipe import load_recipe, recipe_names
 
     if name:
         r = load_recipe(name)
@@ -176,14 +172,10 @@ def recipes(
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List the architectures with their paper and parameter count."""
-    import torch
-
-    from cnntrain.models import build_model, list_models, model_info
-
     rows = []
     for name in list_models():
         info = model_info(name)
-        classes = 10 if info.input_size <= 32 else 1000
+        classes = info.default_classes
         with torch.device("meta"):
             params = sum(p.numel() for p in build_model(name, num_classes=classes).parameters())
         rows.append({"name": name, "family": info.family, "year": info.year, "input": info.input_size,
@@ -206,7 +198,6 @@ def summary(
     json_out: Optional[str] = typer.Option(None, "--json", help="Write every row and total, exact, to this file."),
 ) -> None:
     """Per-layer output shapes, activation memory, parameters and multiply-accumulates."""
-    from cnntrain.engine.evaluate import write_json
     from cnntrain.summary import default_input, parse_input, summarize_model
 
     channels = default_input(model)[0]
@@ -227,7 +218,6 @@ def compare(
 ) -> None:
     """The architecture comparison table: depth, kernels, FC widths, dropout/LRN/BN, params, MACs, paper error."""
     from cnntrain.compare import compare_models, plot as draw_plot, table, to_dicts
-    from cnntrain.engine.evaluate import write_json
 
     rows = compare_models(list(models_ or []))
     typer.echo(table(rows))
@@ -256,11 +246,10 @@ def bench_data(
 ) -> None:
     """Training-input images/s: cnntrain's pipeline vs torchvision ImageFolder + PIL transforms."""
     from cnntrain.engine.bench import bench_data as run
-    from cnntrain.engine.evaluate import write_json
 
-    if min(batches, batch_size, repeats) < 1 or warmup < 0:
-        raise CnnTrainError("--batches, --batch-size and --repeats must be at least 1, --warmup at least 0")
-    write_json(run(data, recipe, workers, batches, batch_size, warmup, repeats, device), json_out)
+    opts = BenchDataOptions(root=data, recipe=recipe, workers=workers, batches=batches, batch_size=batch_size,
+                            warmup=warmup, repeats=repeats, device=device)
+    write_json(run(opts), json_out)
 
 
 @bench_app.command("decode")
@@ -272,11 +261,8 @@ def bench_decode(
 ) -> None:
     """Per-image milliseconds, one thread: the baseline's and cnntrain's sample, and decoding alone."""
     from cnntrain.engine.bench import bench_decode as run
-    from cnntrain.engine.evaluate import write_json
 
-    if min(count, repeats) < 1:
-        raise CnnTrainError("--count and --repeats must be at least 1")
-    write_json(run(data, count, repeats), json_out)
+    write_json(run(BenchDecodeOptions(root=data, count=count, repeats=repeats)), json_out)
 
 
 @bench_app.command("train")
@@ -294,11 +280,10 @@ def bench_train(
 ) -> None:
     """Training-step images/s: cnntrain's fit step vs a bare PyTorch loop, on synthetic data."""
     from cnntrain.engine.bench import bench_train as run
-    from cnntrain.engine.evaluate import write_json
 
-    if min(steps, repeats) < 1 or warmup < 0:
-        raise CnnTrainError("--steps and --repeats must be at least 1, --warmup at least 0")
-    write_json(run(recipe, steps, batch_size, device, list(set_), warmup, repeats, compile_model), json_out)
+    opts = BenchTrainOptions(recipe=recipe, steps=steps, batch_size=batch_size, device=device, overrides=list(set_),
+                             warmup=warmup, repeats=repeats, compile=compile_model)
+    write_json(run(opts), json_out)
 
 
 @bench_app.command("make-jpegs")
@@ -333,12 +318,12 @@ def _record_for_torchrun(exc: BaseException) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    _state["debug"] = False  # main() may run several times in one process (tests)
     try:
         app(args=argv, prog_name="cnntrain")
     except CnnTrainError as exc:
         _record_for_torchrun(exc)
-        if debug:
+        if _state["debug"]:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -25,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from cnntrain.errors import CnnTrainError
+from cnntrain.models import build_model, check_model_name, list_models, model_info
+from cnntrain.recipe import load_recipe, recipe_names
 from cnntrain.summary import human, summarize
 
 _CONV = nn.modules.conv._ConvNd
@@ -127,7 +130,6 @@ def structure(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, A
 
 def paper_errors(name: str) -> tuple[float | None, float | None]:
     """(top-1, top-5) error the recipe called ``name`` reports, None where absent."""
-    from cnntrain.recipe import load_recipe
 
     try:
         reported = load_recipe(name).paper.reported
@@ -138,8 +140,6 @@ def paper_errors(name: str) -> tuple[float | None, float | None]:
 
 def default_models() -> list[str]:
     """Registered ImageNet models that have a recipe of the same name (else all ImageNet ones)."""
-    from cnntrain.models import list_models, model_info
-    from cnntrain.recipe import recipe_names
 
     imagenet = [n for n in list_models() if model_info(n).input_size > 64]
     recipes = set(recipe_names())
@@ -147,11 +147,10 @@ def default_models() -> list[str]:
 
 
 def compare_model(name: str) -> ArchRow:
-    from cnntrain.models import build_model, check_model_name, model_info
 
     check_model_name(name)
     info = model_info(name)
-    classes = 10 if info.input_size <= 32 else 1000
+    classes = info.default_classes
     size = (1 if info.family == "lenet" else 3, info.input_size, info.input_size)
     try:
         with torch.device("meta"):
@@ -201,8 +200,6 @@ def table(rows: list[ArchRow]) -> str:
 
 
 def _font(size: int):  # type: ignore[no-untyped-def]
-    from PIL import ImageFont
-
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
@@ -221,8 +218,6 @@ def plot(rows: list[ArchRow], path: str | Path, size: tuple[int, int] = (960, 64
     """Accuracy (100 - top-5 error, or top-1 where the paper gave no top-5) against MACs,
     marker area proportional to parameters, each point labelled. Returns the models left
     out for want of a reported error."""
-    from PIL import Image, ImageDraw
-
     points = [(r, 100 - (r.top5_err if r.top5_err is not None else r.top1_err), r.top5_err is None)
               for r in rows if r.top5_err is not None or r.top1_err is not None]
     skipped = [r.model for r in rows if r.top5_err is None and r.top1_err is None]

@@ -19,6 +19,7 @@ from typing import Any
 import tomli_w
 
 from cnntrain.errors import CnnTrainError, did_you_mean
+from cnntrain.models import check_model_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -357,8 +358,6 @@ def _build(name: str, source: str, raw: dict[str, Any], label: str | None = None
 
 
 def _check_consistency(recipe: Recipe, where: str) -> None:
-    from cnntrain.models import check_model_name
-
     if not recipe.model.arch:
         raise CnnTrainError(f"{where}: model.arch is required, e.g. arch = \"resnet50\"")
     check_model_name(recipe.model.arch, where=f"{where}: model.arch")

@@ -45,6 +45,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnntrain.errors import CnnTrainError
+from cnntrain.models import build_model, check_model_name, model_info
 
 # --------------------------------------------------------------------------- worked examples
 
@@ -383,7 +384,6 @@ def summarize(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224), dep
 def default_input(name: str) -> tuple[int, int, int]:
     """The C,H,W a model (or an example) is summarised at: its paper's input size, 3 channels
     (1 for LeNet-5). Unknown names raise the registry's error."""
-    from cnntrain.models import check_model_name, model_info
 
     if name in EXAMPLES:
         return EXAMPLES[name][1]
@@ -400,13 +400,12 @@ def summarize_model(name: str, input_size: tuple[int, int, int] | None = None, d
     Built on the meta device (no memory, no arithmetic); a model whose forward cannot run
     there is rebuilt on the CPU.
     """
-    from cnntrain.models import build_model, model_info
 
     size = tuple(input_size or default_input(name))
     if name in EXAMPLES:
         build: Callable[[], nn.Module] = EXAMPLES[name][0]
     else:
-        classes = num_classes or (10 if model_info(name).input_size <= 32 else 1000)
+        classes = num_classes or model_info(name).default_classes
 
         def build() -> nn.Module:
             return build_model(name, num_classes=classes)

@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 
 from cnntrain.data import BatchPrep
 from cnntrain.engine import distributed
+from cnntrain.engine.launch import check_launch, failure_error
 from cnntrain.engine.device import Precision
 from cnntrain.engine.step import FitStep
 from cnntrain.errors import CnnTrainError
@@ -104,11 +105,11 @@ def test_launch_checks_and_batch_split(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(CnnTrainError, match="--nproc 4 needs 4 GPUs .* 2 are visible"):
-        distributed.check_launch(4, "cuda", "ddp")
-    distributed.check_launch(2, "auto", "ddp")
-    distributed.check_launch(4, "cpu", "ddp")
+        check_launch(4, "cuda", "ddp")
+    check_launch(2, "auto", "ddp")
+    check_launch(4, "cpu", "ddp")
     with pytest.raises(CnnTrainError, match="--strategy dp runs one process"):
-        distributed.check_launch(2, "cuda", "dp")
+        check_launch(2, "cuda", "dp")
     with pytest.raises(CnnTrainError, match="sync_bn needs CUDA"):
         distributed.wrap_model(build_model("resnet20"), distributed.DistEnv(world=2), torch.device("cpu"),
                                sync_bn=True)
@@ -128,16 +129,16 @@ def test_failure_report_names_the_rank():
 
     peer = Failure({"message": "RuntimeError: Connection closed by peer", "extraInfo": {"py_callstack": "tb"}}, 1, 1)
     user = Failure({"message": "UserError: unreadable image x.jpg", "extraInfo": {}}, 1, 2)
-    err = distributed.failure_error(Failed({0: peer, 1: user}))
+    err = failure_error(Failed({0: peer, 1: user}))
     assert str(err) == "rank 1: unreadable image x.jpg" and err.exit_code == 2
     recorded = {1: {"message": "UserError: rank 1 read garbage", "extraInfo": {}}}
-    assert str(distributed.failure_error(Failed({0: peer}), recorded)) == "rank 1: rank 1 read garbage"
+    assert str(failure_error(Failed({0: peer}), recorded)) == "rank 1: rank 1 read garbage"
     cause = {1: {"message": "ValueError: bad shape", "extraInfo": {"py_callstack": "tb1", "timestamp": "5"}}}
-    assert str(distributed.failure_error(Failed({0: peer}), cause)).startswith("rank 1 failed (exit code 1): "
+    assert str(failure_error(Failed({0: peer}), cause)).startswith("rank 1 failed (exit code 1): "
                                                                               "ValueError: bad shape\ntb1")
-    bug = distributed.failure_error(Failed({0: peer}))
+    bug = failure_error(Failed({0: peer}))
     assert "rank 0 failed (exit code 1): RuntimeError: Connection closed by peer\ntb" == str(bug)
-    killed = distributed.failure_error(Failed({3: Failure("", -9)}))
+    killed = failure_error(Failed({3: Failure("", -9)}))
     assert "rank 3 was killed by signal SIGKILL" in str(killed) and killed.exit_code == 1
 
 

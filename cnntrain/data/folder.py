@@ -12,11 +12,14 @@ shrinks the image enough is decoded at a reduced scale (:mod:`cnntrain.data.fast
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 
@@ -81,11 +84,6 @@ def decode_bytes(raw: bytes) -> torch.Tensor:
 
 
 def _read_with_pil(raw: bytes) -> torch.Tensor:
-    import io
-
-    import numpy as np
-    from PIL import Image
-
     with Image.open(io.BytesIO(raw)) as im:
         im.load()
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):

@@ -24,6 +24,7 @@ included, so the ratios do not count that tuning in cnntrain's favour.
 """
 from __future__ import annotations
 
+import io
 import math
 import statistics
 import time
@@ -33,8 +34,21 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFilter
+from torchvision import datasets
+from torchvision import transforms as T
+from torchvision.io import decode_jpeg
 
+from cnntrain.data import EpochSampler, build_data, default_workers, fastjpeg, make_loader, synthetic_spec
+from cnntrain.data.folder import decode_view
+from cnntrain.engine import factory
+from cnntrain.engine.device import resolve_device, tune_cpu_process
+from cnntrain.engine.metrics import Meter
+from cnntrain.engine.modelbuild import model_from_recipe
+from cnntrain.engine.optim import LRSchedule
+from cnntrain.engine.options import BenchDataOptions, BenchDecodeOptions, BenchTrainOptions
 from cnntrain.errors import CnnTrainError
+from cnntrain.recipe import load_recipe
 
 # --------------------------------------------------------------------------- make-jpegs
 
@@ -42,8 +56,6 @@ from cnntrain.errors import CnnTrainError
 def _photo_like(rng: np.random.Generator, w: int, h: int):
     """A synthetic 'photo': smooth colour fields, shapes with soft edges, fine texture and
     sensor-like noise, so that JPEG decoding costs what it costs on real photographs."""
-    from PIL import Image, ImageDraw, ImageFilter
-
     base = Image.fromarray(rng.integers(0, 256, (rng.integers(3, 7), rng.integers(4, 9), 3), dtype=np.uint8))
     img = base.resize((w, h), Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(img)
@@ -92,6 +104,10 @@ def make_jpegs(out: Path, count: int = 1000, classes: int = 10, val: int = 0, si
 
 # --------------------------------------------------------------------------- helpers
 
+# The baseline's view (random-resized 224 crop and flip, no colour noise), whatever the
+# recipe trains with, so the two pipelines do the same work.
+BASELINE_VIEW = ["augment.crop=resized", "augment.pca_lighting=0.0", "augment.color_jitter=[0.0, 0.0, 0.0]"]
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -124,29 +140,19 @@ def _time_loader(loader, consume: Callable[[Any], int], batches: int, warmup: in
         del it
 
 
-def bench_data(root: str, recipe_name: str = "resnet50", workers: int | None = None, batches: int = 20,
-               batch_size: int = 64, warmup: int = 3, repeats: int = 2, device: str = "auto") -> dict[str, Any]:
-    from torchvision import datasets
-    from torchvision import transforms as T
-
-    from cnntrain.data import BatchPrep, EpochSampler, build_data, default_workers, fastjpeg, make_loader
-    from cnntrain.engine.device import choose_precision, resolve_device, tune_cpu_process
-    from cnntrain.recipe import load_recipe
-
-    # The baseline's view (random-resized 224 crop and flip, no colour noise), whatever the
-    # recipe trains with, so the two pipelines do the same work.
-    recipe = load_recipe(recipe_name, ["augment.crop=resized", "augment.pca_lighting=0.0",
-                                       "augment.color_jitter=[0.0, 0.0, 0.0]"])
-    dev = resolve_device(device)
+def bench_data(opts: BenchDataOptions) -> dict[str, Any]:
+    root, batches, batch_size, warmup = opts.root, opts.batches, opts.batch_size, opts.warmup
+    recipe = load_recipe(opts.recipe, BASELINE_VIEW)
+    dev = resolve_device(opts.device)
     if dev.type == "cpu":
         tune_cpu_process()
     bundle = build_data(recipe, root, train=True)
     if bundle.kind != "folder":
         raise CnnTrainError(f"bench data reads an ImageNet-style folder of images; {root} is {bundle.kind}")
-    workers = default_workers("folder") if workers is None else workers
+    workers = default_workers("folder") if opts.workers is None else opts.workers
     pin = dev.type == "cuda"
-    precision = choose_precision(dev, recipe.train.amp, recipe.train.channels_last)
-    prep = BatchPrep(bundle.mean, bundle.std, dev, precision.channels_last, recipe.augment.pca_lighting)
+    # The training run's batch preparation (its precision and memory-format policy).
+    prep = factory.batch_prep(recipe, dev, bundle.mean, bundle.std)
     size = recipe.data.train_size
     aug = recipe.augment
 
@@ -178,7 +184,7 @@ def bench_data(root: str, recipe_name: str = "resnet50", workers: int | None = N
         return int(x.shape[0])
 
     ours, base = [], []
-    for _ in range(repeats):
+    for _ in range(opts.repeats):
         base.append(_time_loader(base_loader, base_consume, batches, warmup))
         ours.append(_time_loader(ours_loader, ours_consume, batches, warmup))
     result = {"ours_images_per_s": _median(ours), "baseline_images_per_s": _median(base),
@@ -187,7 +193,7 @@ def bench_data(root: str, recipe_name: str = "resnet50", workers: int | None = N
               "crop": f"{aug.crop} {size}", "recipe": recipe.name, "jpeg_decoder": fastjpeg.decoder()}
     result["ratio"] = result["ours_images_per_s"] / result["baseline_images_per_s"]
     print(f"bench data: {len(bundle.train)} images in {root}, {workers} loader workers, batch {batch_size}, "
-          f"{batches} timed batches x {repeats} rounds, {dev}")
+          f"{batches} timed batches x {opts.repeats} rounds, {dev}")
     print(f"  baseline  torchvision ImageFolder + PIL + RandomResizedCrop({size}) + flip + ToTensor + "
           f"Normalize: {result['baseline_images_per_s']:8.1f} images/s  (runs: "
           f"{', '.join(f'{v:.0f}' for v in base)})")
@@ -201,25 +207,14 @@ def bench_data(root: str, recipe_name: str = "resnet50", workers: int | None = N
 # --------------------------------------------------------------------------- bench decode
 
 
-def bench_decode(root: str, count: int = 200, repeats: int = 3) -> dict[str, Any]:
+def bench_decode(opts: BenchDecodeOptions) -> dict[str, Any]:
     """Milliseconds per training image in one process on one thread: the baseline's and
     cnntrain's whole per-sample work, and the decoding steps inside them, down to
     libjpeg-turbo's entropy decoding alone (the part no crop or scale can skip), which
     bounds what any libjpeg-based CPU pipeline can gain over the baseline."""
-    import io
-
-    from PIL import Image
-    from torchvision import datasets
-    from torchvision import transforms as T
-    from torchvision.io import decode_jpeg
-
-    from cnntrain.data import build_data, fastjpeg
-    from cnntrain.data.folder import decode_view
-    from cnntrain.recipe import load_recipe
-
+    root, count, repeats = opts.root, opts.count, opts.repeats
     torch.set_num_threads(1)
-    recipe = load_recipe("resnet50", ["augment.crop=resized", "augment.pca_lighting=0.0",
-                                      "augment.color_jitter=[0.0, 0.0, 0.0]"])
+    recipe = load_recipe("resnet50", BASELINE_VIEW)
     bundle = build_data(recipe, root, train=True)
     if bundle.kind != "folder":
         raise CnnTrainError(f"bench decode reads an ImageNet-style folder of JPEGs; {root} is {bundle.kind}")
@@ -290,51 +285,28 @@ def _steps_per_s(step: Callable[[], None], steps: int, device: torch.device) -> 
     return steps / (time.perf_counter() - start)
 
 
-def bench_train(recipe_name: str, steps: int = 10, batch_size: int | None = None, device: str = "auto",
-                overrides: list[str] | None = None, warmup: int = 3, repeats: int = 3,
-                compile_model: bool = False) -> dict[str, Any]:
-    from cnntrain.data import DEFAULT_CLASSES, STATS, BatchPrep
-    from cnntrain.engine.device import choose_precision, resolve_device, tune_cpu_process
-    from cnntrain.engine.metrics import Meter
-    from cnntrain.engine.modelbuild import model_from_recipe
-    from cnntrain.engine.optim import LRSchedule, build_optimizer
-    from cnntrain.engine.step import FitStep
-    from cnntrain.recipe import load_recipe
-
-    recipe = load_recipe(recipe_name, list(overrides or []))
-    dev = resolve_device(device)
+def bench_train(opts: BenchTrainOptions) -> dict[str, Any]:
+    recipe = load_recipe(opts.recipe, list(opts.overrides))
+    dev = resolve_device(opts.device)
     if dev.type == "cpu":
         tune_cpu_process()
-    batch = batch_size or recipe.optim.batch_size
-    classes = recipe.data.num_classes or DEFAULT_CLASSES[recipe.data.dataset]
-    channels = 1 if recipe.data.dataset == "digits" else 3
-    size = recipe.data.train_size
-    mean, std = STATS["synthetic"][0][:channels], STATS["synthetic"][1][:channels]
+    steps, repeats = opts.steps, opts.repeats
+    batch = opts.batch_size or recipe.optim.batch_size
+    spec = synthetic_spec(recipe)
+    classes, channels, size, mean, std = spec.num_classes, spec.channels, spec.size, spec.mean, spec.std
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8, generator=gen)
     target = torch.randint(0, classes, (batch,), generator=gen)
     if dev.type == "cuda":
         images, target = images.pin_memory(), target.pin_memory()
-    precision = choose_precision(dev, recipe.train.amp, recipe.train.channels_last)
     o = recipe.optim
 
-    def fresh_model(channels_last: bool):
-        torch.manual_seed(recipe.train.seed)
-        m = model_from_recipe(recipe, classes, channels).to(dev)
-        m = m.to(memory_format=torch.channels_last) if channels_last else m
-        m.train()
-        return m
-
-    def maybe_compile(m):
-        return torch.compile(m) if compile_model else m
-
-    # cnntrain: the step `fit` runs, with its schedule update and accuracy bookkeeping.
-    model = fresh_model(precision.channels_last)
-    optimizer = build_optimizer(model, o)
-    scaler = torch.amp.GradScaler(dev.type, enabled=precision.scaler_needed)
-    prep = BatchPrep(mean, std, dev, precision.channels_last, recipe.augment.pca_lighting)
-    fit_step = FitStep(maybe_compile(model), optimizer, scaler, prep, precision, dev,
-                       label_smoothing=recipe.train.label_smoothing, accumulate=recipe.train.accumulate)
+    # cnntrain: the parts `fit` builds (factory.build_run) and the step it runs, with its
+    # schedule update and accuracy bookkeeping.
+    torch.manual_seed(recipe.train.seed)
+    parts = factory.build_run(recipe, dev, num_classes=classes, channels=channels, mean=mean, std=std,
+                              compile_model=opts.compile)
+    precision = parts.precision
     schedule = LRSchedule(recipe.schedule, o.lr, 1000, 10**9)
     meter = Meter((1,))
     counter = {"step": 0}
@@ -344,14 +316,17 @@ def bench_train(recipe_name: str, steps: int = 10, batch_size: int | None = None
             raise CnnTrainError(f"loss became {value} in bench train; lower optim.lr")
 
     def engine_step() -> None:
-        schedule.apply(optimizer, counter["step"])
-        logits, y, loss = fit_step(images, target, check=check)
+        schedule.apply(parts.optimizer, counter["step"])
+        logits, y, loss = parts.fit_step(images, target, check=check)
         counter["step"] += 1
         meter.update(logits, y, loss)
 
     def bare(channels_last: bool, amp: torch.dtype | None, compiled: bool) -> Callable[[], None]:
-        m = fresh_model(channels_last)
-        net = maybe_compile(m) if compiled else m
+        torch.manual_seed(recipe.train.seed)
+        m = model_from_recipe(recipe, classes, channels).to(dev)
+        m = m.to(memory_format=torch.channels_last) if channels_last else m
+        m.train()
+        net = torch.compile(m) if compiled else m
         opt = torch.optim.SGD(m.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
         x = ((images.float() - torch.tensor(mean).view(1, -1, 1, 1) * 255)
              / (torch.tensor(std).view(1, -1, 1, 1) * 255)).to(dev)
@@ -371,11 +346,11 @@ def bench_train(recipe_name: str, steps: int = 10, batch_size: int | None = None
 
     contenders = {
         "bare": bare(False, None, False),
-        "bare_same": bare(precision.channels_last, precision.amp_dtype, compile_model),
+        "bare_same": bare(precision.channels_last, precision.amp_dtype, opts.compile),
         "cnntrain": engine_step,
     }
     for fn in contenders.values():  # warm-up: allocator, kernels' first calls, compilation
-        for _ in range(warmup):
+        for _ in range(opts.warmup):
             fn()
     runs: dict[str, list[float]] = {k: [] for k in contenders}
     for _ in range(repeats):
@@ -385,7 +360,7 @@ def bench_train(recipe_name: str, steps: int = 10, batch_size: int | None = None
     result = {
         "recipe": recipe.name, "arch": recipe.model.arch, "device": str(dev), "batch_size": batch,
         "input": [channels, size, size],
-        "engine_policy": precision.describe() + (", compiled" if compile_model else ""),
+        "engine_policy": precision.describe() + (", compiled" if opts.compile else ""),
         "cnntrain_images_per_s": med["cnntrain"], "bare_images_per_s": med["bare"],
         "bare_same_settings_images_per_s": med["bare_same"], "runs": runs,
         "speedup": med["cnntrain"] / med["bare"],

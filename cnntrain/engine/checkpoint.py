@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnntrain.engine.modelbuild import model_from_recipe
 from cnntrain.errors import CnnTrainError
+from cnntrain.recipe import recipe_from_dict
 
 FORMAT = "cnntrain-checkpoint-1"
 
@@ -114,8 +116,6 @@ def model_meta(recipe_dict: dict, classes: list[str], channels: int, mean, std) 
 
 def build_from_checkpoint(payload: dict[str, Any], source: str) -> nn.Module:
     """Rebuild the model a checkpoint was trained as, and load its weights."""
-    from cnntrain.engine.modelbuild import model_from_recipe
-    from cnntrain.recipe import recipe_from_dict
 
     meta = payload["meta"]
     recipe = recipe_from_dict(meta["recipe"], source=source)

@@ -6,8 +6,6 @@ an ensemble averages its members' probabilities (default) or logits.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,11 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from cnntrain.data import BatchPrep, DataBundle, build_data, default_workers, make_loader
+from cnntrain.data import BatchPrep, DataBundle, build_data, default_workers, make_loader, val_loader
 from cnntrain.engine import distributed
 from cnntrain.engine.checkpoint import build_from_checkpoint, load_checkpoint
 from cnntrain.engine.device import Precision, ahead_to_device, choose_precision, resolve_device
 from cnntrain.engine.metrics import Meter
+from cnntrain.engine.options import EnsembleOptions, EvalOptions
 from cnntrain.errors import CnnTrainError
 from cnntrain.recipe import Recipe, recipe_from_dict
 
@@ -115,25 +114,23 @@ def _paper_line(recipe: Recipe, crops: int, scales: list[int] | None = None) -> 
     return f"paper{protocol}: {errs}   [this run: {protocol_name(crops, scales)}]"
 
 
-def eval_checkpoint(path: str, data: str | None = None, split: str = "val", topk: int | None = None,
-                    crops: int | None = None, device: str = "auto", workers: int | None = None,
-                    batch_size: int | None = None, progress: bool = True,
-                    scales: list[int] | None = None) -> dict[str, Any]:
-    env, dev = distributed.setup(device)  # several processes under torchrun or `eval --nproc`
+def eval_checkpoint(opts: EvalOptions) -> dict[str, Any]:
+    path, split = opts.checkpoint, opts.split
+    env, dev = distributed.setup(opts.device)  # several processes under torchrun or `eval --nproc`
     model, meta, recipe = _load_member(path, dev, choose_precision(dev, "auto", "auto"))
     precision = choose_precision(dev, recipe.train.amp, recipe.train.channels_last)
-    crops = crops or recipe.eval.crops
-    scales = list(scales if scales is not None else recipe.eval.scales)
-    k = topk or recipe.eval.topk
-    bundle = build_data(recipe, data if data is not None else meta.get("data"), train=False,
+    crops = opts.crops or recipe.eval.crops
+    scales = list(opts.scales if opts.scales is not None else recipe.eval.scales)
+    k = opts.topk or recipe.eval.topk
+    bundle = build_data(recipe, opts.data if opts.data is not None else meta.get("data"), train=False,
                         crops=crops, split=split, scales=scales)
     _check_classes(path, meta, bundle)
-    loader = distributed.val_loader(
-        bundle.val, batch_size or recipe.eval.batch_size or recipe.optim.batch_size, env,
-        default_workers(bundle.kind, env.local_world) if workers is None else workers, dev.type == "cuda")
+    workers = default_workers(bundle.kind, env.local_world) if opts.workers is None else opts.workers
+    loader = val_loader(bundle.val, opts.batch_size or recipe.eval.batch_size or recipe.optim.batch_size,
+                        env.rank, env.world, workers, dev.type == "cuda")
     prep = BatchPrep(tuple(meta["mean"]), tuple(meta["std"]), dev, precision.channels_last)
     (meter,), skipped = evaluate([model], loader, [prep], dev, precision, (1, k),
-                                 progress=progress and env.is_main)
+                                 progress=opts.progress and env.is_main)
     meter = distributed.reduce_meter(meter, env, dev)
     (n_skipped,) = distributed.sum_ints([len(skipped)], env, dev)
     result = meter.result()
@@ -155,14 +152,9 @@ def eval_checkpoint(path: str, data: str | None = None, split: str = "val", topk
     return result
 
 
-def ensemble_checkpoints(paths: list[str], data: str | None = None, topk: int = 5, combine: str = "prob",
-                         device: str = "auto", workers: int | None = None, batch_size: int | None = None,
-                         crops: int = 1, progress: bool = True) -> dict[str, Any]:
-    if len(paths) < 2:
-        raise CnnTrainError("an ensemble needs at least two checkpoints")
-    if combine not in ("prob", "logit"):
-        raise CnnTrainError(f"--combine {combine!r}: use prob or logit")
-    dev = resolve_device(device)
+def ensemble_checkpoints(opts: EnsembleOptions) -> dict[str, Any]:
+    paths, topk, combine, crops = opts.checkpoints, opts.topk or 5, opts.combine, opts.crops or 1
+    dev = resolve_device(opts.device)
     precision = choose_precision(dev, "auto", "auto")
     members = [_load_member(p, dev, precision) for p in paths]
     first_meta, first_recipe = members[0][1], members[0][2]
@@ -176,16 +168,16 @@ def ensemble_checkpoints(paths: list[str], data: str | None = None, topk: int = 
                 f"(resize {first_recipe.data.eval_resize}, {first_meta['in_channels']}); "
                 "ensemble members must read the same input views"
             )
-    bundle = build_data(first_recipe, data if data is not None else first_meta.get("data"),
+    bundle = build_data(first_recipe, opts.data if opts.data is not None else first_meta.get("data"),
                         train=False, crops=crops)
     for path, (_, meta, _) in zip(paths, members):
         _check_classes(path, meta, bundle)
-    loader = make_loader(bundle.val, batch_size or first_recipe.eval.batch_size or first_recipe.optim.batch_size,
-                         workers=default_workers(bundle.kind) if workers is None else workers,
+    loader = make_loader(bundle.val, opts.batch_size or first_recipe.eval.batch_size or first_recipe.optim.batch_size,
+                         workers=default_workers(bundle.kind) if opts.workers is None else opts.workers,
                          pin_memory=dev.type == "cuda")
     preps = [BatchPrep(tuple(m["mean"]), tuple(m["std"]), dev, precision.channels_last) for _, m, _ in members]
     meters, _ = evaluate([m for m, _, _ in members], loader, preps, dev, precision, (1, topk),
-                         combine=combine, progress=progress)
+                         combine=combine, progress=opts.progress)
     results = []
     for path, (_, meta, _), meter in zip(paths, members, meters):
         r = meter.result()
@@ -197,9 +189,3 @@ def ensemble_checkpoints(paths: list[str], data: str | None = None, topk: int = 
     print(f"ensemble of {len(paths)} ({combine} average)  top1 {ens['top1']:.2f}%  "
           f"top{topk} {ens[f'top{topk}']:.2f}%  loss {ens['loss']:.4f}  on {ens['samples']} images")
     return {**ens, "combine": combine, "members": results}
-
-
-def write_json(result: dict[str, Any], path: str | None) -> None:
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(result, indent=2) + "\n")

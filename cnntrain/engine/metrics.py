@@ -1,4 +1,6 @@
-"""Accuracy bookkeeping and run logs (``metrics.jsonl`` and TensorBoard scalars)."""
+"""Accuracy bookkeeping and the run's outputs: running top-k counts (:class:`Meter`),
+``metrics.jsonl`` and TensorBoard scalars (:class:`RunLog`, written on rank 0 only), and
+the one line printed per epoch."""
 from __future__ import annotations
 
 import json
@@ -6,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
 
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> dict[int, int]:
@@ -65,8 +68,6 @@ class RunLog:
         self.path = out_dir / "metrics.jsonl"
         self.writer = None
         if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-
             self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
 
     def epoch(self, record: dict[str, Any]) -> None:
@@ -84,3 +85,31 @@ class RunLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class _NoLog:
+    def epoch(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def run_log(out: Path, is_main: bool) -> RunLog | _NoLog:
+    """metrics.jsonl and TensorBoard on rank 0; nothing elsewhere."""
+    return RunLog(out) if is_main else _NoLog()
+
+
+def epoch_line(record: dict[str, Any], epochs: int, topk: int) -> str:
+    """The line printed after each epoch."""
+    r = record
+    parts = [f"epoch {r['epoch']}/{epochs}", f"step {r['step']}",
+             f"loss {r['train_loss']:.4f}", f"train top1 {r['train_top1']:.2f}%"]
+    if "val_top1" in r:
+        parts += [f"val top1 {r['val_top1']:.2f}%", f"top{topk} {r.get(f'val_top{topk}', 0):.2f}%"]
+    parts += [f"lr {r['lr']:.4g}", f"{r['images_per_s']:.0f} img/s"]
+    if r.get("skipped"):
+        parts.append(f"skipped {r['skipped']} unreadable")
+    if r.get("amp_skipped"):
+        parts.append(f"fp16 overflow steps {r['amp_skipped']}")
+    return "  ".join(parts)

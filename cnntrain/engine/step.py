@@ -22,7 +22,9 @@ from torch import nn
 
 from cnntrain.data import BatchPrep
 from cnntrain.engine import distributed
+from cnntrain.engine.checkpoint import unwrap
 from cnntrain.engine.device import Precision
+from cnntrain.engine.ema import WeightAverage
 
 
 def training_loss(outputs: Any, target: torch.Tensor, label_smoothing: float,
@@ -48,11 +50,11 @@ class FitStep:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                  prep: BatchPrep, precision: Precision, device: torch.device, *,
                  label_smoothing: float = 0.0, accumulate: int = 1, aux_weight: float = 0.3,
-                 env: distributed.DistEnv = distributed.SINGLE) -> None:
+                 env: distributed.DistEnv = distributed.SINGLE, ema: WeightAverage | None = None) -> None:
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.prep, self.precision, self.device = prep, precision, device
         self.smoothing, self.accumulate, self.env = label_smoothing, max(1, accumulate), env
-        self.aux_weight = aux_weight
+        self.aux_weight, self.ema = aux_weight, ema
         self.stepped = False  # did the last call update the weights?
         self.overflowed = False  # did the fp16 grad scaler skip the last update?
 
@@ -89,6 +91,8 @@ class FitStep:
         self.scaler.update()
         self.stepped = True
         self.overflowed = scale is not None and self.scaler.get_scale() < scale
+        if self.ema is not None:
+            self.ema.update(unwrap(self.model))
         if parts == 1:
             return logits[0], targets[0], loss_value
         return torch.cat(logits), torch.cat(targets), loss_value

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnntrain.errors import CnnTrainError
 from cnntrain.models.registry import register
 
 PAPER = "LeCun et al. Gradient-Based Learning Applied to Document Recognition. Proc. IEEE 1998"
@@ -51,7 +52,5 @@ class LeNet5(nn.Module):
 @register("lenet5", family="lenet", paper=PAPER, input_size=32, year=1998)
 def lenet5(num_classes: int = 10, in_channels: int = 1, activation: str = "tanh") -> nn.Module:
     if activation not in ("tanh", "relu"):
-        from cnntrain.errors import CnnTrainError
-
         raise CnnTrainError(f"lenet5: activation must be 'tanh' or 'relu', got {activation!r}")
     return LeNet5(num_classes, in_channels, activation)

@@ -23,6 +23,12 @@ class ModelInfo:
     input_size: int  # side of the square input its paper used
     year: int
 
+    @property
+    def default_classes(self) -> int:
+        """The paper's class count when nothing else says: 10 for the 32-pixel (CIFAR)
+        models, 1000 (ImageNet) for the others."""
+        return 10 if self.input_size <= 32 else 1000
+
 
 _REGISTRY: dict[str, ModelInfo] = {}
 

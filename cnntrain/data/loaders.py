@@ -1,0 +1,101 @@
+"""DataLoader settings: the seeded, sharded training loader, the evaluation loader,
+how many loader processes to start, and the collate that stacks uint8 samples and hands
+unreadable ones back for counting.
+
+Under several processes the training set is shuffled per epoch by a seeded permutation
+and sharded (padded to equal shards, as DistributedSampler does); the validation set is
+sharded without padding (``indices[rank::world]``) and the processes add up their
+counts, so every sample is counted exactly once.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from cnntrain.data.fastjpeg import is_hwc
+from cnntrain.data.folder import Skipped
+from cnntrain.data.sampler import EpochSampler, shard
+
+IN_MEMORY = ("digits", "synthetic")
+
+
+def default_workers(kind: str, processes: int = 1) -> int:
+    """Loader processes per training process: none for in-memory data, else the cores
+    shared among the ``processes`` training processes on this machine (at most 8 each)."""
+    if kind in IN_MEMORY:
+        return 0
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, processes)))
+
+
+def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[Skipped]]:
+    """Stack the readable samples; hand the unreadable ones back for counting.
+
+    In a loader worker the batch is stacked straight into shared memory, as torch's
+    default collate does, so handing it to the main process copies nothing more.
+    """
+    good = [(img, label) for img, label in batch if not isinstance(img, Skipped)]
+    skipped = [img for img, _ in batch if isinstance(img, Skipped)]
+    if not good:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped
+    first = good[0][0]
+    # Samples decoded height-width-channel (JPEGs) stay so: the batch is NHWC in memory,
+    # an (N, C, H, W) view in channels_last format.
+    hwc = first.dim() == 3 and is_hwc(first)
+    parts = [img.permute(1, 2, 0) if hwc else img for img, _ in good]
+    out = None
+    if get_worker_info() is not None:
+        numel = first.numel() * len(good)
+        storage = first.untyped_storage()._new_shared(numel * first.element_size())
+        out = first.new(storage).view(len(good), *parts[0].shape)
+    images = torch.stack(parts, out=out)
+    if hwc:
+        images = images.permute(0, 3, 1, 2)
+    labels = torch.tensor([label for _, label in good], dtype=torch.long)
+    return images, labels, skipped
+
+
+def _worker_init(_worker_id: int) -> None:
+    """Workers leave SIGINT/SIGTERM/SIGUSR1 to the main process, which stops them
+    after writing its checkpoint; a Ctrl-C must not kill them mid-batch first."""
+    for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, workers: int, sampler=None,
+                pin_memory: bool = False, persistent: bool = False) -> DataLoader:
+    """A loader of uint8 batches in the sampler's order (sequential when None).
+
+    With an :class:`EpochSampler` every key is (index, augmentation seed), so a sample's
+    random view is the same whichever worker draws it; that is what makes
+    ``persistent`` workers (kept across epochs) safe for exact resumes."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        worker_init_fn=_worker_init if workers > 0 else None,
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=persistent and workers > 0,
+    )
+
+
+def train_loader(dataset: Dataset, batch_size: int, rank: int, world: int, seed: int, workers: int,
+                 pin_memory: bool) -> DataLoader:
+    """Seeded, sharded, per-sample-seeded training loader; call its sampler's
+    ``set_epoch`` each epoch."""
+    sampler = EpochSampler(len(dataset), seed, rank=rank, world=world)
+    return make_loader(dataset, batch_size, workers=workers, sampler=sampler, pin_memory=pin_memory,
+                       persistent=True)
+
+
+def val_loader(dataset: Dataset, batch_size: int, rank: int, world: int, workers: int,
+               pin_memory: bool) -> DataLoader:
+    """This process's unpadded shard of an evaluation set."""
+    return make_loader(shard(dataset, world, rank), batch_size, workers=workers, pin_memory=pin_memory)

@@ -1,0 +1,62 @@
+"""The run factory: a recipe's training parts (model on its device and memory format,
+its parallel wrapper, optimiser, grad scaler, precision policy, weight average, batch
+preparation and the fit step that joins them), built in one place.
+
+``cnntrain fit`` (:class:`~cnntrain.engine.train.Trainer`) and ``cnntrain bench train``
+both build their parts here, so the benchmark measures exactly the step that ``fit``
+runs, not a copy of its set-up that could drift from it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cnntrain.data import BatchPrep
+from cnntrain.engine import distributed
+from cnntrain.engine.checkpoint import unwrap
+from cnntrain.engine.device import Precision, choose_precision
+from cnntrain.engine.ema import WeightAverage, make_average
+from cnntrain.engine.modelbuild import model_from_recipe
+from cnntrain.engine.optim import build_optimizer
+from cnntrain.engine.step import FitStep
+from cnntrain.recipe import Recipe
+
+
+@dataclass
+class RunParts:
+    model: nn.Module  # as trained: wrapped for DDP/DataParallel where asked
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    precision: Precision
+    ema: WeightAverage | None
+    prep: BatchPrep
+    fit_step: FitStep
+
+
+def batch_prep(recipe: Recipe, device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]) -> BatchPrep:
+    """The training batch preparation: the recipe's memory format and PCA lighting."""
+    precision = choose_precision(device, recipe.train.amp, recipe.train.channels_last)
+    return BatchPrep(mean, std, device, precision.channels_last, recipe.augment.pca_lighting)
+
+
+def build_run(recipe: Recipe, device: torch.device, *, num_classes: int, channels: int,
+              mean: tuple[float, ...], std: tuple[float, ...], env: distributed.DistEnv = distributed.SINGLE,
+              strategy: str = "ddp", compile_model: bool = False) -> RunParts:
+    """Every part of a training step for ``recipe`` on ``device``. The caller seeds the
+    RNGs first (the model's initial weights come from them)."""
+    precision = choose_precision(device, recipe.train.amp, recipe.train.channels_last)
+    model = model_from_recipe(recipe, num_classes, channels).to(device)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = distributed.wrap_model(model, env, device, strategy, recipe.train.sync_bn)
+    optimizer = build_optimizer(model, recipe.optim)
+    ema = make_average(unwrap(model), recipe.train.ema_decay)  # Polyak averaging
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler_needed)
+    prep = batch_prep(recipe, device, mean, std)
+    step_model = torch.compile(model) if compile_model else model
+    fit_step = FitStep(step_model, optimizer, scaler, prep, precision, device,
+                       label_smoothing=recipe.train.label_smoothing, accumulate=recipe.train.accumulate,
+                       aux_weight=recipe.train.aux_weight, env=env, ema=ema)
+    return RunParts(model, optimizer, scaler, precision, ema, prep, fit_step)

@@ -1,0 +1,77 @@
+"""What the training loop guards against, in one place: unreadable images (listed in
+``skipped.txt``, or a stop with ``data.strict``), a batch with nothing readable under
+DDP, a non-finite loss (stop with :data:`EXIT_NONFINITE`, or skip up to
+``train.max_nonfinite_steps`` steps), and the message of a graceful stop."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from cnntrain.engine.distributed import DistEnv
+from cnntrain.engine.runstate import Progress
+from cnntrain.engine.signals import TrainingStopped
+from cnntrain.errors import CnnTrainError
+from cnntrain.recipe import Recipe
+
+EXIT_NONFINITE = 3
+
+
+class NonFiniteLoss(CnnTrainError):
+    exit_code = EXIT_NONFINITE
+
+
+def stopped(reason: str | None, where: str, out: Path) -> TrainingStopped:
+    """The error a graceful stop ends the run with (exit code 75)."""
+    return TrainingStopped(f"stopped by {reason or 'a signal to another process'} {where}; "
+                           f"checkpoint {out / 'last.pt'}; continue with --resume auto")
+
+
+class Guards:
+    """Skipped-file bookkeeping and the loss check, for one run."""
+
+    def __init__(self, recipe: Recipe, out: Path, env: DistEnv, progress: Progress) -> None:
+        self.strict = recipe.data.strict
+        self.on_nonfinite, self.max_nonfinite = recipe.train.on_nonfinite, recipe.train.max_nonfinite_steps
+        self.out, self.env, self.progress = out, env, progress
+        self.skipped: list[str] = []
+
+    def note_skipped(self, skipped: list) -> None:
+        if not skipped:
+            return
+        if self.strict:
+            bad = skipped[0]
+            raise CnnTrainError(f"unreadable image {bad.path} ({bad.reason}); data.strict = true stops here")
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "skipped.txt", "a") as fh:
+            for bad in skipped:
+                fh.write(f"{bad.path}\t{bad.reason}\n")
+        self.skipped += [bad.path for bad in skipped]
+
+    def empty_batch(self, images: torch.Tensor) -> None:
+        """Under DDP every process must take every step: a batch with no readable image
+        cannot be skipped on one process alone."""
+        if images.numel() == 0 and self.env.enabled:
+            raise CnnTrainError(f"rank {self.env.rank} read a batch in which no image was readable; with several "
+                                "processes every step needs data on each. Remove the unreadable files "
+                                "(see skipped.txt) or use a larger batch")
+
+    def loss_ok(self, value: float, lr: float) -> bool:
+        """False skips the update (train.on_nonfinite = "skip"); stopping raises."""
+        if math.isfinite(value):
+            return True
+        p = self.progress
+        if self.on_nonfinite == "skip" and p.nonfinite_skipped < self.max_nonfinite:
+            p.nonfinite_skipped += 1
+            print(f"warning: loss is {value} at step {p.step + 1}; step skipped "
+                  f"({p.nonfinite_skipped} of at most {self.max_nonfinite})")
+            return False
+        last = self.out / "last.pt"
+        where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
+        limit = (f" after skipping {p.nonfinite_skipped} such steps (train.max_nonfinite_steps)"
+                 if self.on_nonfinite == "skip" else "")
+        raise NonFiniteLoss(
+            f"loss became {value} at step {p.step + 1} (epoch {p.epoch + 1}, lr {lr:.4g}){limit}; "
+            f"{where}. Lower optim.lr, check the data, or set train.on_nonfinite = \"skip\""
+        )

@@ -1,0 +1,149 @@
+"""Where a run stands, and its checkpoints: ``last.pt`` (everything the next step depends
+on), ``prev.pt`` (the one before, kept by the atomic write) and ``best.pt`` (weights
+only), and resuming from the newest loadable one.
+
+``last.pt`` holds the weights, optimiser, schedule, scaler, the epoch and position in
+it, the epoch's running metrics, the skip counters and every RNG state, so a run killed
+at any step and resumed ends bitwise equal to one that was never stopped (on CPU).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnntrain import __version__
+from cnntrain.engine.checkpoint import FORMAT, load_checkpoint, save_atomic, unwrap
+from cnntrain.engine.device import rng_state, set_rng_state
+from cnntrain.engine.ema import WeightAverage
+from cnntrain.engine.metrics import Meter
+from cnntrain.engine.optim import LRSchedule
+from cnntrain.errors import CnnTrainError
+
+
+@dataclass
+class Progress:
+    """The counters a resumed run continues from."""
+
+    epoch: int = 0  # completed epochs
+    epoch_step: int = 0  # completed steps within the current epoch
+    step: int = 0  # completed optimisation steps
+    best_top1: float | None = None
+    meter: Meter = field(default_factory=lambda: Meter((1,)))  # the current epoch's training metrics
+    nonfinite_skipped: int = 0
+    amp_skipped: int = 0  # fp16 overflow: skipped by the scaler, by design
+
+
+@dataclass
+class RunState:
+    """The parts of a run a checkpoint holds, and how to save and restore them."""
+
+    out: Path
+    meta: dict[str, Any]
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: torch.amp.GradScaler
+    ema: WeightAverage | None
+    progress: Progress = field(default_factory=Progress)
+
+    def state_dict(self) -> dict[str, Any]:
+        p = self.progress
+        return {
+            "format": FORMAT,
+            "version": __version__,
+            "meta": self.meta,
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": p.epoch,
+            "epoch_step": p.epoch_step,
+            "step": p.step,
+            "best_top1": p.best_top1,
+            "meter": p.meter.state_dict(),
+            "counters": {"nonfinite_skipped": p.nonfinite_skipped, "amp_skipped": p.amp_skipped},
+            "rng": rng_state(),
+            **({"ema": self.ema.state_dict()} if self.ema else {}),
+        }
+
+    def save(self, improved: bool = False) -> None:
+        state = self.state_dict()
+        save_atomic(state, self.out / "last.pt", previous=self.out / "prev.pt")
+        if improved:
+            weights = {k: state[k] for k in ("format", "version", "meta", "model", "epoch", "step", "best_top1")}
+            if self.ema is not None:  # best.pt holds the averaged weights that were validated
+                weights["model"] = state["ema"]["model"]
+            save_atomic(weights, self.out / "best.pt")
+
+    # ----------------------------------------------------------------- resume
+
+    def _candidates(self, spec: str) -> list[Path]:
+        if spec != "auto":
+            return [Path(spec)]
+        return [p for p in (self.out / "last.pt", self.out / "prev.pt") if p.is_file()]
+
+    def _newest(self, spec: str) -> tuple[Path, dict] | None:
+        """The loadable checkpoint with the most steps; says which others were passed over."""
+        found: list[tuple[int, Path, dict]] = []
+        for path in self._candidates(spec):
+            try:
+                payload = load_checkpoint(path)
+            except CnnTrainError as exc:
+                if spec != "auto":
+                    raise
+                print(f"resume: skipping {path}: {exc}")
+                continue
+            if "optimizer" not in payload:
+                raise CnnTrainError(f"{path} holds weights only (a best.pt); resume from last.pt")
+            found.append((payload["step"], path, payload))
+        if not found:
+            return None
+        found.sort(key=lambda item: item[0], reverse=True)
+        for other_step, other, _ in found[1:]:
+            print(f"resume: passing over {other} (step {other_step}, older)")
+        return found[0][1], found[0][2]
+
+    def resume(self, spec: str, truncate_log: bool = True) -> None:
+        """Restore the newest loadable checkpoint (``spec``: "auto" or a path)."""
+        newest = self._newest(spec)
+        if newest is None:
+            print(f"resume: no usable checkpoint in {self.out}, starting from scratch")
+            return
+        path, payload = newest
+        meta, arch, classes = payload["meta"], self.meta["arch"], len(self.meta["classes"])
+        if meta["arch"] != arch or len(meta["classes"]) != classes:
+            raise CnnTrainError(
+                f"cannot resume from {path}: it holds {meta['arch']} with {len(meta['classes'])} classes, "
+                f"this run trains {arch} with {classes}; use another --out"
+            )
+        unwrap(self.model).load_state_dict(payload["model"])
+        if self.ema is not None:  # a checkpoint from a run without averaging starts it from the weights
+            self.ema.load_state_dict(payload.get("ema") or {"model": payload["model"], "updates": 0})
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.schedule.load_state_dict(payload["schedule"])
+        self.scaler.load_state_dict(payload["scaler"])
+        p = self.progress
+        p.epoch, p.epoch_step, p.step = payload["epoch"], payload["epoch_step"], payload["step"]
+        p.best_top1 = payload["best_top1"]
+        p.meter.load_state_dict(payload["meter"])
+        p.nonfinite_skipped = payload["counters"]["nonfinite_skipped"]
+        p.amp_skipped = payload["counters"]["amp_skipped"]
+        set_rng_state(payload["rng"])
+        if truncate_log:
+            self._truncate_metrics()
+        print(f"resume: {path} at epoch {p.epoch}, step {p.step}"
+              f"{f' ({p.epoch_step} into epoch {p.epoch + 1})' if p.epoch_step else ''}")
+
+    def _truncate_metrics(self) -> None:
+        """Drop log lines of epochs the checkpoint does not contain (written before a kill)."""
+        path = self.out / "metrics.jsonl"
+        if path.is_file():
+            lines = path.read_text().splitlines()
+            keep = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= self.progress.epoch]
+            if len(keep) != len(lines):
+                path.write_text("".join(line + "\n" for line in keep))
