@@ -6,7 +6,8 @@ import torch
 
 from cnntrain.data import build_data, collate, detect
 from cnntrain.data.folder import Skipped
-from cnntrain.data.transforms import EvalTransform, TrainTransform, pca_lighting
+from cnntrain.data.transforms import EvalTransform, pca_lighting
+from cnntrain.data.views import TrainTransform
 from cnntrain.engine.metrics import Meter, topk_correct
 from cnntrain.errors import CnnTrainError
 from cnntrain.recipe import load_recipe

@@ -14,7 +14,8 @@ from cnntrain.data import BatchPrep, EpochSampler, make_loader
 from cnntrain.data import fastjpeg
 from cnntrain.data.digits import TensorImages
 from cnntrain.data.folder import ImageFolderDataset, decode_bytes, decode_view
-from cnntrain.data.transforms import EvalTransform, TrainTransform
+from cnntrain.data.transforms import EvalTransform
+from cnntrain.data.views import TrainTransform
 from cnntrain.recipe import AugmentSection, DataSection
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnntrain.data.transforms import EvalTransform, TrainTransform, random_color_jitter
+from cnntrain.data.transforms import EvalTransform, random_color_jitter
+from cnntrain.data.views import TrainTransform
 from cnntrain.engine.ema import WeightAverage
 from cnntrain.engine.evaluate import protocol_name
 from cnntrain.engine.optim import LRSchedule, build_optimizer
@@ -83,7 +84,7 @@ def ramp(h: int, w: int) -> torch.Tensor:
 
 
 def test_scale_jitter_resizes_to_a_side_in_range(monkeypatch):
-    import cnntrain.data.transforms as T
+    import cnntrain.data.views as T
     sides = []
     real = T.resize_shorter
     monkeypatch.setattr(T, "resize_shorter", lambda img, s: (sides.append(s), real(img, s))[1])

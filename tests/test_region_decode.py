@@ -17,7 +17,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from cnntrain.data import fastjpeg
 from cnntrain.data.folder import decode_bytes, decode_view
-from cnntrain.data.transforms import EvalTransform, TrainTransform, crop_support, shorter_side_size
+from cnntrain.data.transforms import EvalTransform, crop_support, shorter_side_size
+from cnntrain.data.views import TrainTransform
 from cnntrain.recipe import AugmentSection, DataSection
 
 needs_decoder = pytest.mark.skipif(not fastjpeg.has_region_decoder(),

@@ -16,7 +16,8 @@ from cnntrain.data.folder import ImageFolderDataset, Skipped, load_folder
 from cnntrain.data.loaders import IN_MEMORY, collate, default_workers, make_loader, train_loader, val_loader
 from cnntrain.data.sampler import EpochSampler, shard
 from cnntrain.data.synthetic import SyntheticImages
-from cnntrain.data.transforms import BatchPrep, EvalTransform, TrainTransform
+from cnntrain.data.transforms import BatchPrep, EvalTransform
+from cnntrain.data.views import TrainTransform
 from cnntrain.errors import CnnTrainError
 from cnntrain.recipe import Recipe
 

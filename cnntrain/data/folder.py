@@ -103,35 +103,38 @@ def _read_with_pil(raw: bytes) -> torch.Tensor:
 def decode_view(raw: bytes, transform, generator: torch.Generator | None = None) -> torch.Tensor:
     """Decode ``raw`` and apply ``transform`` (a Train- or EvalTransform). A JPEG's view is
     drawn from its header first, so that only the view's region is decoded, at 1/2, 1/4 or
-    1/8 scale when the view allows (see :mod:`fastjpeg`)."""
+    1/8 scale when the view allows (see :mod:`fastjpeg`). The view is whatever
+    ``transform.draw`` returns (a :class:`~cnntrain.data.views.View`, or the evaluation's
+    empty one), handed back to the transform's ``max_reduction``, ``region``, ``support``
+    and ``apply``."""
     size = fastjpeg.jpeg_size(raw)
     if size is None or not hasattr(transform, "draw"):
         img = decode_bytes(raw)
         return transform(img, generator) if transform is not None else img
-    params = transform.draw(*size, generator)
-    reduction = fastjpeg.reduction_for(transform.max_reduction(*size, params))
-    img = _decode_fast(raw, size, reduction, transform, params)
+    view = transform.draw(*size, generator)
+    reduction = fastjpeg.reduction_for(transform.max_reduction(*size, view))
+    img = _decode_fast(raw, size, reduction, transform, view)
     if img is not None:
         return img
     img = fastjpeg.channels_last(decode_bytes(raw))
     if tuple(img.shape[-2:]) != size:
         size = tuple(img.shape[-2:])  # the header lied; the view was drawn for another size
-        params = transform.draw(*size, generator)
-    return transform.apply(img, params, size)
+        view = transform.draw(*size, generator)
+    return transform.apply(img, view, size)
 
 
-def _decode_fast(raw: bytes, size: tuple[int, int], reduction: int, transform, params: tuple):
+def _decode_fast(raw: bytes, size: tuple[int, int], reduction: int, transform, view):
     """The view from a region and/or reduced-scale decode, or None when the file needs the
     full decoder's verdict (damaged, truncated, CMYK, ...)."""
     try:
         if fastjpeg.has_region_decoder():
             scaled = fastjpeg.scaled_size(size, reduction)
-            box = transform.region(params)
+            box = transform.region(view)
             if box is not None:
                 box = scaled_box(box, size, scaled)
                 img = fastjpeg.decode_region(raw, box, reduction)
-                return transform.apply(img, transform.on_region(params, box[2:]))
-            support = transform.support(params, scaled)
+                return transform.apply(img, transform.on_region(view, box[2:]))
+            support = transform.support(view, scaled)
             if support is not None and support[2] * support[3] < scaled[0] * scaled[1]:
                 img = fastjpeg.decode_into_frame(raw, support, scaled, reduction)
             elif reduction > 1:
@@ -144,7 +147,7 @@ def _decode_fast(raw: bytes, size: tuple[int, int], reduction: int, transform, p
             return None
     except Exception:  # noqa: BLE001 - let the full decoder give the verdict on this file
         return None
-    return transform.apply(img, params, size)
+    return transform.apply(img, view, size)
 
 
 class ImageFolderDataset(Dataset):

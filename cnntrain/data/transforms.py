@@ -7,20 +7,9 @@ channels_last model wants anyway); conversion to float, AlexNet's PCA
 lighting and the per-dataset normalisation run on whole batches on the training device
 (:class:`BatchPrep`).
 
-Training crops (``augment.crop``):
-- ``pad``: zero-pad by ``augment.pad`` and take a random ``train_size`` crop (He et al.
-  2016 §4.2 on CIFAR: 4 pixels, 32x32 crop);
-- ``random``: resize the shorter side to ``augment.resize``, random ``train_size`` crop
-  (Krizhevsky et al. 2012: 224 crops of 256 images);
-- ``resized``: a crop of random area in ``augment.scale`` and aspect ratio in
-  ``augment.ratio``, resized to ``train_size`` (Szegedy et al. 2015);
-- ``scale_jitter``: resize the shorter side to S drawn uniformly from the integers in
-  ``augment.scale_range``, random ``train_size`` crop (Simonyan & Zisserman 2015 §3.1:
-  S in [256, 512]; He et al. 2016 §3.4: [256, 480]);
-- ``none``: the evaluation view.
-Then a horizontal flip (``augment.hflip``) and photometric distortion
-(``augment.color_jitter``: brightness, contrast, saturation factors drawn uniformly from
-[1-x, 1+x], applied in a random order on uint8, as Szegedy et al. 2015 §6 / Howard 2013).
+Training views (a crop policy per ``augment.crop``, the papers they follow, flip and
+colour jitter) are in :mod:`cnntrain.data.views`, built from the helpers here.
+
 Evaluation: resize the shorter side to ``data.eval_resize`` (0: to ``train_size``), centre
 crop ``train_size``; with 10 crops, the four corners and centre and their mirror images.
 With ``eval.scales`` (Simonyan & Zisserman 2015 §3.2/4.2, multi-scale evaluation), the same
@@ -35,7 +24,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from cnntrain.data.fastjpeg import dense_like
-from cnntrain.recipe import AugmentSection, DataSection
+from cnntrain.recipe import DataSection
 
 # Krizhevsky et al. 2012 §4.1: principal components of ImageNet RGB pixel values (0-1 scale).
 IMAGENET_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
@@ -139,114 +128,6 @@ def scaled_box(box: tuple[int, int, int, int], src_hw: tuple[int, int],
     return t, l, max(1, min(int(round(h * sy)), img_hw[0] - t)), max(1, min(int(round(w * sx)), img_hw[1] - l))
 
 
-class TrainTransform:
-    """Random training view of a uint8 (C, H, W) image.
-
-    The random draws (``draw``) need only the image size, so a JPEG reader can draw them
-    from the header, decode at a reduced scale when the view allows it (``max_reduction``)
-    and then ``apply`` them; ``__call__`` is ``apply(img, draw(h, w))``. Draws take an
-    optional generator, so a sample's view can be a function of (seed, epoch, index).
-    """
-
-    def __init__(self, data: DataSection, augment: AugmentSection) -> None:
-        self.size = data.train_size
-        self.eval_resize = data.eval_resize or data.train_size
-        self.aug = augment
-
-    def draw(self, h: int, w: int, generator: torch.Generator | None = None) -> tuple:
-        size, aug = self.size, self.aug
-        box: tuple | None = None
-        if aug.crop == "resized":
-            box = random_resized_params(h, w, aug.scale, aug.ratio, generator)
-        elif aug.crop == "random":
-            rh, rw = shorter_side_size(h, w, max(aug.resize, size))
-            box = (_randint(rh - size + 1, generator), _randint(rw - size + 1, generator))
-        elif aug.crop == "pad":
-            box = (_randint(2 * aug.pad + 1, generator), _randint(2 * aug.pad + 1, generator))
-        elif aug.crop == "scale_jitter":  # VGG/ResNet: shorter side S uniform in scale_range
-            lo, hi = aug.scale_range
-            side = max(lo, size) + _randint(max(hi, size) - max(lo, size) + 1, generator)
-            rh, rw = shorter_side_size(h, w, side)
-            box = (side, _randint(rh - size + 1, generator), _randint(rw - size + 1, generator))
-        flip = bool(aug.hflip and torch.rand((), generator=generator) < 0.5)
-        jitter = draw_color_jitter(aug.color_jitter, generator) if any(aug.color_jitter) else None
-        return box, flip, jitter
-
-    def max_reduction(self, h: int, w: int, params: tuple) -> float:
-        """How many times smaller than (h, w) the image may be decoded for this view
-        without any upsampling that the full-size image would not have needed."""
-        box = params[0]
-        crop = self.aug.crop
-        if crop == "resized":
-            return min(box[2], box[3]) / self.size
-        if crop == "random":
-            return min(h, w) / max(self.aug.resize, self.size)
-        if crop == "scale_jitter":
-            return min(h, w) / box[0]
-        return min(h, w) / (self.size if crop == "pad" else max(self.eval_resize, self.size))
-
-    def region(self, params: tuple) -> tuple[int, int, int, int] | None:
-        """The box (top, left, height, width) of the source image that the view ``params``
-        reads, when decoding only that box gives the same view (a random-resized crop
-        resizes just its box); None when the view needs the whole image (resizing the
-        whole image first, as the other crops do, filters across the crop's edges)."""
-        return params[0] if self.aug.crop == "resized" else None
-
-    def support(self, params: tuple, hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
-        """For views that resize the whole (h, w) image and then crop it: the box of the
-        image that the crop's pixels depend on (the resize filter's reach included), or
-        None. The view of an image that holds the right pixels inside this box, whatever
-        lies outside, is the view of the whole image."""
-        h, w = hw
-        box, size, crop = params[0], self.size, self.aug.crop
-        if crop == "random":
-            side, top, left = max(self.aug.resize, size), box[0], box[1]
-        elif crop == "scale_jitter":
-            side, top, left = box
-        else:
-            return None
-        rh, rw = shorter_side_size(h, w, side)
-        return crop_support(h, w, (rh, rw), min(top, rh - size), min(left, rw - size), size)
-
-    def on_region(self, params: tuple, region_hw: tuple[int, int]) -> tuple:
-        """``params`` for an image that is just the :meth:`region` (of size ``region_hw``)."""
-        return ((0, 0, *region_hw), *params[1:])
-
-    def apply(self, img: torch.Tensor, params: tuple, src_hw: tuple[int, int] | None = None) -> torch.Tensor:
-        """The view ``params`` (drawn for an image of size ``src_hw``, default: img's own)."""
-        size, aug = self.size, self.aug
-        box, flip, jitter = params
-        source = img
-        if aug.crop == "resized":
-            hw = tuple(img.shape[-2:])
-            top, left, h, w = scaled_box(box, src_hw or hw, hw)
-            img = TF.resized_crop(img, top, left, h, w, [size, size], antialias=True)
-        elif aug.crop == "random":
-            img = resize_shorter(img, max(aug.resize, size))
-            h, w = img.shape[-2:]
-            top, left = min(box[0], h - size), min(box[1], w - size)  # a reduced decode may round down
-            img = img[..., top:top + size, left:left + size]
-        elif aug.crop == "scale_jitter":
-            side, top, left = box
-            img = resize_shorter(img, side)
-            h, w = img.shape[-2:]
-            top, left = min(top, h - size), min(left, w - size)
-            img = img[..., top:top + size, left:left + size]
-        elif aug.crop == "pad":
-            img = center_crop(resize_shorter(img, size), size)
-            img = TF.pad(img, [aug.pad])[..., box[0]:box[0] + size, box[1]:box[1] + size]
-        else:
-            img = center_crop(resize_shorter(img, self.eval_resize), size)
-        if flip:
-            img = TF.horizontal_flip(img)
-        if jitter is not None:
-            img = color_jitter(img, *jitter)
-        return dense_like(img, source)
-
-    def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.apply(img, self.draw(*img.shape[-2:], generator))
-
-
 def draw_color_jitter(strength: list[float], generator: torch.Generator | None = None) -> tuple[list, list]:
     """A random order of (brightness, contrast, saturation) and factors uniform in [1-x, 1+x]."""
     order = torch.randperm(3, generator=generator).tolist()
@@ -286,16 +167,17 @@ class EvalTransform:
         return [center_crop(img, self.size).contiguous()]
 
     def draw(self, h: int, w: int, generator: torch.Generator | None = None) -> tuple:
+        """Nothing random: the empty view (the protocol of :class:`~cnntrain.data.views.TrainTransform`)."""
         return ()
 
-    def max_reduction(self, h: int, w: int, params: tuple) -> float:
+    def max_reduction(self, h: int, w: int, view: tuple) -> float:
         return min(h, w) / max([self.resize, self.size, *self.scales])
 
-    def region(self, params: tuple) -> None:
+    def region(self, view: tuple) -> None:
         return None  # the shorter side is resized before the crop: see support()
 
-    def support(self, params: tuple, hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
-        """The part of the image one centre crop depends on (see TrainTransform.support);
+    def support(self, view: tuple, hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
+        """The part of the image one centre crop depends on (see views.TrainTransform.support);
         None for 10 crops or several scales, which need all of it."""
         if self.crops != 1 or self.scales:
             return None
@@ -306,7 +188,7 @@ class EvalTransform:
         top, left = int(round((rh - self.size) / 2.0)), int(round((rw - self.size) / 2.0))
         return crop_support(h, w, (rh, rw), top, left, self.size)
 
-    def apply(self, img: torch.Tensor, params: tuple = (), src_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    def apply(self, img: torch.Tensor, view: tuple = (), src_hw: tuple[int, int] | None = None) -> torch.Tensor:
         """One centre crop, or a (V, C, H, W) stack: 10 crops, and/or one view set per test scale."""
         source = img
         if self.scales:

@@ -243,7 +243,7 @@ def bench_decode(opts: BenchDecodeOptions) -> dict[str, Any]:
             lambda i: decode_jpeg(torch.frombuffer(bytearray(raws[i]), dtype=torch.uint8)),
     }
     if fastjpeg.has_region_decoder():
-        steps["decode the crop box only (region decoder)"] = lambda i: fastjpeg.decode_region(raws[i], views[i][0])
+        steps["decode the crop box only (region decoder)"] = lambda i: fastjpeg.decode_region(raws[i], views[i].box)
         # One pixel of the last row: every row above is entropy-decoded and skipped.
         steps["entropy decoding alone (region decoder, last row only)"] = \
             lambda i: fastjpeg.decode_region(raws[i], (sizes[i][0] - 1, 0, 1, 1))
