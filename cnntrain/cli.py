@@ -157,7 +157,8 @@ def recipes(
         length = f"{r.train.epochs} ep" if r.train.epochs else f"{r.train.iterations} it"
         rows.append({"name": n, "arch": r.model.arch, "dataset": r.data.dataset, "length": length,
                      "epochs": r.train.epochs, "iterations": r.train.iterations,
-                     "reported": dict(r.paper.reported), "protocol": r.paper.protocol, "cite": r.paper.cite})
+                     "reported": dict(r.paper.reported), "verified": r.paper.verified,
+                     "protocol": r.paper.protocol, "cite": r.paper.cite})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -166,6 +167,8 @@ def recipes(
     typer.echo(f"{'recipe':<{wn}}{'model':<{wa}}{'dataset':<11}{'length':<10}paper's reported error")
     for row in rows:
         err = ", ".join(f"{k} {v:g}%" for k, v in row["reported"].items()) or "-"
+        if row["reported"] and not row["verified"]:
+            err += " (unverified)"
         typer.echo(f"{row['name']:<{wn}}{row['arch']:<{wa}}{row['dataset']:<11}{row['length']:<10}{err}")
 
 

@@ -40,6 +40,10 @@ class PaperSection:
     url: str = ""
     protocol: str = ""  # how the reported errors were measured (crops, scales, ensemble)
     reported: dict[str, float] = field(default_factory=dict)  # e.g. top1_err, top5_err
+    # True once every number in `reported` was checked against its source (the table or
+    # section `protocol` names). A recipe that sets `reported` without restating this
+    # does not inherit its base's `verified = true`: new numbers start unverified.
+    verified: bool = False
 
 
 @dataclass
@@ -276,10 +280,20 @@ def _check_raw(raw: dict[str, Any], origin: str) -> None:
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``; ``paper.reported`` is replaced whole, not merged, and
+    replacing it without restating ``paper.verified`` resets ``verified`` to false."""
+    out = _merge_tables(base, over)
+    paper = over.get("paper")
+    if isinstance(paper, dict) and "reported" in paper and "verified" not in paper:
+        out["paper"]["verified"] = False
+    return out
+
+
+def _merge_tables(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "reported":
-            out[key] = _merge(out[key], value)
+            out[key] = _merge_tables(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out

@@ -13,6 +13,7 @@ import json
 import pytest
 import torch
 
+from cnntrain.errors import CnnTrainError
 from cnntrain.recipe import load_recipe, recipe_names
 from tests.conftest import run_cli
 
@@ -68,3 +69,92 @@ def test_recipe_runs_two_steps(name, tmp_path, capsys):
     state = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)
     assert state["step"] == 2
     assert ("ema" in state) == (recipe.train.ema_decay > 0)
+
+
+# --------------------------------------------------------------------------- reported numbers
+
+def test_every_reported_number_names_its_protocol_and_verification():
+    unverified = set()
+    for name in recipe_names():
+        paper = load_recipe(name).paper
+        assert isinstance(paper.verified, bool), name
+        if paper.reported:
+            assert paper.protocol.strip(), f"{name}: reported numbers without a protocol"
+        if not paper.verified:
+            unverified.add(name)
+    # The README names FractalNet's 5.24 as the only number that could not be checked.
+    assert unverified == {"fractalnet"}
+
+
+def test_corrected_numbers_and_their_labels():
+    inc = load_recipe("inception-v4").paper
+    assert (inc.reported["crops144_top1_err"], inc.reported["crops144_top5_err"]) == (17.7, 3.8)
+    assert (inc.reported["crops12_top1_err"], inc.reported["crops12_top5_err"]) == (18.7, 4.2)
+    assert (inc.reported["top1_err"], inc.reported["top5_err"]) == (20.0, 5.0)
+    assert "non-blacklisted" in inc.protocol and "AAAI Table 3 = arXiv Table 4" in inc.protocol
+
+    frac = load_recipe("fractalnet").paper
+    assert frac.reported["top1_err"] == 5.24 and frac.verified is False
+    assert "C10++" in frac.protocol and "NOT CHECKED" in frac.protocol
+
+    se = load_recipe("se-resnet50").paper
+    assert (se.reported["top1_err"], se.reported["top5_err"]) == (23.29, 6.62)
+    assert "'SENet' column of Table 2" in se.protocol and "24.80 / 7.48" in se.protocol
+
+    assert "Table 1" in load_recipe("nin-cifar").paper.protocol
+    r18 = load_recipe("resnet18").paper
+    assert r18.reported == {"top1_err": 27.88} and "option A" in r18.protocol and "option B" in r18.protocol
+    lenet = load_recipe("lenet5").paper
+    assert lenet.reported == {"top1_err": 0.95} and "MNIST" in lenet.protocol and "8x8 digits" in lenet.protocol
+
+    r110 = load_recipe("resnet110").paper
+    assert r110.reported == {"top1_err": 6.43, "mean_top1_err": 6.61} and "BEST of 5 runs" in r110.protocol
+    for name in ("preact-resnet110", "preact-resnet164", "preact-resnet1001", "wrn-28-10"):
+        assert "median of 5 runs" in load_recipe(name).paper.protocol, name
+    assert "MEAN of 10 runs" in load_recipe("resnext29-8x64d").paper.protocol
+    assert load_recipe("preact-resnet164").paper.reported == {"top1_err": 5.46, "cifar100_top1_err": 24.33}
+
+    sq11 = load_recipe("squeezenet1.1").paper
+    assert sq11.reported == {"top5_err": 19.7} and "repository" in sq11.protocol
+    assert load_recipe("vgg16").paper.reported["ensemble_top5_err"] == 6.8
+    assert "Table 6" in load_recipe("vgg16").paper.protocol
+
+
+def test_verified_is_not_inherited_by_new_numbers(tmp_path):
+    assert load_recipe("resnet110").paper.verified is True
+    same = tmp_path / "same.toml"
+    same.write_text('base = "resnet110"\n[optim]\nlr = 0.05\n')
+    assert load_recipe(str(same)).paper.verified is True  # the base's checked numbers, unchanged
+    mine = tmp_path / "mine.toml"
+    mine.write_text('base = "resnet110"\n[paper]\nreported = { top1_err = 5.0 }\n')
+    r = load_recipe(str(mine))
+    assert r.paper.reported == {"top1_err": 5.0} and r.paper.verified is False
+    mine.write_text('base = "resnet110"\n[paper]\nreported = { top1_err = 5.0 }\nverified = true\n')
+    assert load_recipe(str(mine)).paper.verified is True
+    assert load_recipe("resnet110", ["paper.reported={ top1_err = 1.0 }"]).paper.verified is False
+    bad = tmp_path / "bad.toml"
+    bad.write_text('base = "resnet110"\n[paper]\nverified = "yes"\n')
+    with pytest.raises(CnnTrainError, match="paper.verified must be bool"):
+        load_recipe(str(bad))
+
+
+def test_recipes_listing_marks_unverified_numbers(tmp_path, capsys, monkeypatch):
+    import cnntrain.recipe as recipe_mod
+
+    (tmp_path / "zz-unchecked.toml").write_text(
+        'base = "resnet20"\n[paper]\nprotocol = "made up"\nreported = { top1_err = 1.25 }\nverified = false\n')
+    dirs = recipe_mod.recipe_dirs
+    monkeypatch.setattr(recipe_mod, "recipe_dirs", lambda: [tmp_path, *dirs()])
+
+    code, out, err = run_cli(["recipes"], capsys)
+    assert code == 0, err
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert lines["zz-unchecked"].endswith("top1_err 1.25% (unverified)")
+    assert lines["fractalnet"].endswith("(unverified)")
+    assert "unverified" not in lines["resnet20"] and "unverified" not in lines["inception-v4"]
+
+    code, out, err = run_cli(["recipes", "--json"], capsys)
+    assert code == 0, err
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["zz-unchecked"]["verified"] is False and rows["zz-unchecked"]["reported"] == {"top1_err": 1.25}
+    assert rows["resnet20"]["verified"] is True and rows["fractalnet"]["verified"] is False
