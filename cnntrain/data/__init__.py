@@ -147,4 +147,4 @@ def build_data(recipe: Recipe, data: str | None, *, train: bool = True, crops: i
 
 
 __all__ = ["BatchPrep", "DataBundle", "EpochSampler", "Skipped", "build_data", "collate", "default_workers", "detect",
-           "make_loader", "shard", "synthetic_spec", "train_loader", "val_loader"]
+           "make_loader", "shard", "SyntheticSpec", "synthetic_spec", "train_loader", "val_loader"]

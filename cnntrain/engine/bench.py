@@ -39,16 +39,18 @@ from torchvision import datasets
 from torchvision import transforms as T
 from torchvision.io import decode_jpeg
 
-from cnntrain.data import EpochSampler, build_data, default_workers, fastjpeg, make_loader, synthetic_spec
+from cnntrain.data import (EpochSampler, SyntheticSpec, build_data, default_workers, fastjpeg, make_loader,
+                           synthetic_spec)
 from cnntrain.data.folder import decode_view
 from cnntrain.engine import factory
 from cnntrain.engine.device import resolve_device, tune_cpu_process
+from cnntrain.engine.distributed import SINGLE, per_process_batch
 from cnntrain.engine.metrics import Meter
 from cnntrain.engine.modelbuild import model_from_recipe
 from cnntrain.engine.optim import LRSchedule
 from cnntrain.engine.options import BenchDataOptions, BenchDecodeOptions, BenchTrainOptions
 from cnntrain.errors import CnnTrainError
-from cnntrain.recipe import load_recipe
+from cnntrain.recipe import Recipe, load_recipe
 
 # --------------------------------------------------------------------------- make-jpegs
 
@@ -192,19 +194,52 @@ def bench_data(opts: BenchDataOptions) -> dict[str, Any]:
               "batches": batches, "device": str(dev), "images_in_folder": len(bundle.train),
               "crop": f"{aug.crop} {size}", "recipe": recipe.name, "jpeg_decoder": fastjpeg.decoder()}
     result["ratio"] = result["ours_images_per_s"] / result["baseline_images_per_s"]
-    print(f"bench data: {len(bundle.train)} images in {root}, {workers} loader workers, batch {batch_size}, "
-          f"{batches} timed batches x {opts.repeats} rounds, {dev}")
-    print(f"  baseline  torchvision ImageFolder + PIL + RandomResizedCrop({size}) + flip + ToTensor + "
-          f"Normalize: {result['baseline_images_per_s']:8.1f} images/s  (runs: "
-          f"{', '.join(f'{v:.0f}' for v in base)})")
-    print(f"  cnntrain  {recipe.name} training pipeline ({aug.crop} crop {size}, uint8 until the device): "
-          f"{result['ours_images_per_s']:8.1f} images/s  (runs: {', '.join(f'{v:.0f}' for v in ours)})")
-    print(f"            JPEG decoding: {result['jpeg_decoder']}")
-    print(f"  ratio     {result['ratio']:.2f}x")
+    _print_data(result, root, opts.repeats)
     return result
 
 
+def _runs(values: list[float]) -> str:
+    return ", ".join(f"{v:.0f}" for v in values)
+
+
+def _print_data(r: dict[str, Any], root: str, repeats: int) -> None:
+    size = r["crop"].split()[-1]
+    print(f"bench data: {r['images_in_folder']} images in {root}, {r['workers']} loader workers, batch "
+          f"{r['batch_size']}, {r['batches']} timed batches x {repeats} rounds, {r['device']}")
+    print(f"  baseline  torchvision ImageFolder + PIL + RandomResizedCrop({size}) + flip + ToTensor + "
+          f"Normalize: {r['baseline_images_per_s']:8.1f} images/s  (runs: {_runs(r['baseline_runs'])})")
+    print(f"  cnntrain  {r['recipe']} training pipeline ({r['crop'].split()[0]} crop {size}, uint8 until the device): "
+          f"{r['ours_images_per_s']:8.1f} images/s  (runs: {_runs(r['ours_runs'])})")
+    print(f"            JPEG decoding: {r['jpeg_decoder']}")
+    print(f"  ratio     {r['ratio']:.2f}x")
+
+
 # --------------------------------------------------------------------------- bench decode
+
+
+def _pil_decode(raw: bytes) -> None:
+    with Image.open(io.BytesIO(raw)) as im:
+        im.convert("RGB").load()
+
+
+def _decode_steps(base_set, tf, raws: list[bytes], sizes: list[tuple[int, int]]) -> dict[str, Callable[[int], Any]]:
+    """Each timed per-image step of ``bench decode``, by name; the first two are the
+    baseline's and cnntrain's whole sample, the last (with the region decoder) the floor."""
+    views = [tf.draw(*hw, torch.Generator().manual_seed(i)) for i, hw in enumerate(sizes)]
+    steps: dict[str, Callable[[int], Any]] = {
+        "baseline sample: PIL + RandomResizedCrop + flip + ToTensor + Normalize": lambda i: base_set[i],
+        "cnntrain sample: view drawn from the header, region decode, uint8 resize + flip":
+            lambda i: decode_view(raws[i], tf, torch.Generator().manual_seed(i)),
+        "decode whole image, PIL (libjpeg-turbo)": lambda i: _pil_decode(raws[i]),
+        "decode whole image, torchvision decode_jpeg (libjpeg-turbo)":
+            lambda i: decode_jpeg(torch.frombuffer(bytearray(raws[i]), dtype=torch.uint8)),
+    }
+    if fastjpeg.has_region_decoder():
+        steps["decode the crop box only (region decoder)"] = lambda i: fastjpeg.decode_region(raws[i], views[i].box)
+        # One pixel of the last row: every row above is entropy-decoded and skipped.
+        steps["entropy decoding alone (region decoder, last row only)"] = \
+            lambda i: fastjpeg.decode_region(raws[i], (sizes[i][0] - 1, 0, 1, 1))
+    return steps
 
 
 def bench_decode(opts: BenchDecodeOptions) -> dict[str, Any]:
@@ -227,26 +262,7 @@ def bench_decode(opts: BenchDecodeOptions) -> dict[str, Any]:
     reference = T.Compose([T.RandomResizedCrop(224, scale=tuple(aug.scale), ratio=tuple(aug.ratio)),
                            T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(bundle.mean, bundle.std)])
     base_set = datasets.ImageFolder(str(Path(root) / "train"), transform=reference)
-    tf = bundle.train.transform
-    views = [tf.draw(*hw, torch.Generator().manual_seed(i)) for i, hw in enumerate(sizes)]
-
-    def pil_decode(raw: bytes) -> None:
-        with Image.open(io.BytesIO(raw)) as im:
-            im.convert("RGB").load()
-
-    steps: dict[str, Callable[[int], Any]] = {
-        "baseline sample: PIL + RandomResizedCrop + flip + ToTensor + Normalize": lambda i: base_set[i],
-        "cnntrain sample: view drawn from the header, region decode, uint8 resize + flip":
-            lambda i: decode_view(raws[i], tf, torch.Generator().manual_seed(i)),
-        "decode whole image, PIL (libjpeg-turbo)": lambda i: pil_decode(raws[i]),
-        "decode whole image, torchvision decode_jpeg (libjpeg-turbo)":
-            lambda i: decode_jpeg(torch.frombuffer(bytearray(raws[i]), dtype=torch.uint8)),
-    }
-    if fastjpeg.has_region_decoder():
-        steps["decode the crop box only (region decoder)"] = lambda i: fastjpeg.decode_region(raws[i], views[i].box)
-        # One pixel of the last row: every row above is entropy-decoded and skipped.
-        steps["entropy decoding alone (region decoder, last row only)"] = \
-            lambda i: fastjpeg.decode_region(raws[i], (sizes[i][0] - 1, 0, 1, 1))
+    steps = _decode_steps(base_set, bundle.train.transform, raws, sizes)
     runs: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(repeats):
         for name, fn in steps.items():
@@ -285,29 +301,57 @@ def _steps_per_s(step: Callable[[], None], steps: int, device: torch.device) -> 
     return steps / (time.perf_counter() - start)
 
 
+def _bare_step(recipe: Recipe, dev: torch.device, images: torch.Tensor, target: torch.Tensor,
+               spec: SyntheticSpec, channels_last: bool, amp: torch.dtype | None,
+               compiled: bool) -> Callable[[], None]:
+    """A plain PyTorch training step: the same model (same initial weights) and SGD,
+    fed like cnntrain's step (the host's uint8 batch copied to the device and normalised
+    there, every step), so the two differ only in what the engine adds."""
+    torch.manual_seed(recipe.train.seed)
+    m = model_from_recipe(recipe, spec.num_classes, spec.channels).to(dev)
+    m = m.to(memory_format=torch.channels_last) if channels_last else m
+    m.train()
+    net = torch.compile(m) if compiled else m
+    o = recipe.optim
+    opt = torch.optim.SGD(m.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    mean = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1) * 255
+    std = torch.tensor(spec.std, device=dev).view(1, -1, 1, 1) * 255
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp == torch.float16)
+
+    def step() -> None:
+        x = ((images.to(dev, non_blocking=True).float() - mean) / std).contiguous(memory_format=fmt)
+        y = target.to(dev, non_blocking=True)
+        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+            out = net(x)
+            loss = F.cross_entropy(out[0] if isinstance(out, (tuple, list)) else out, y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    return step
+
+
 def bench_train(opts: BenchTrainOptions) -> dict[str, Any]:
     recipe = load_recipe(opts.recipe, list(opts.overrides))
     dev = resolve_device(opts.device)
     if dev.type == "cpu":
         tune_cpu_process()
-    steps, repeats = opts.steps, opts.repeats
     batch = opts.batch_size or recipe.optim.batch_size
+    per_process_batch(batch, SINGLE, recipe.train.accumulate)  # equal micro-batches, as in fit
     spec = synthetic_spec(recipe)
-    classes, channels, size, mean, std = spec.num_classes, spec.channels, spec.size, spec.mean, spec.std
     gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8, generator=gen)
-    target = torch.randint(0, classes, (batch,), generator=gen)
+    images = torch.randint(0, 256, (batch, spec.channels, spec.size, spec.size), dtype=torch.uint8, generator=gen)
+    target = torch.randint(0, spec.num_classes, (batch,), generator=gen)
     if dev.type == "cuda":
         images, target = images.pin_memory(), target.pin_memory()
-    o = recipe.optim
 
     # cnntrain: the parts `fit` builds (factory.build_run) and the step it runs, with its
     # schedule update and accuracy bookkeeping.
     torch.manual_seed(recipe.train.seed)
-    parts = factory.build_run(recipe, dev, num_classes=classes, channels=channels, mean=mean, std=std,
-                              compile_model=opts.compile)
-    precision = parts.precision
-    schedule = LRSchedule(recipe.schedule, o.lr, 1000, 10**9)
+    parts = factory.build_run(recipe, dev, num_classes=spec.num_classes, channels=spec.channels, mean=spec.mean,
+                              std=spec.std, compile_model=opts.compile)
+    schedule = LRSchedule(recipe.schedule, recipe.optim.lr, 1000, 10**9)
     meter = Meter((1,))
     counter = {"step": 0}
 
@@ -321,45 +365,24 @@ def bench_train(opts: BenchTrainOptions) -> dict[str, Any]:
         counter["step"] += 1
         meter.update(logits, y, loss)
 
-    def bare(channels_last: bool, amp: torch.dtype | None, compiled: bool) -> Callable[[], None]:
-        torch.manual_seed(recipe.train.seed)
-        m = model_from_recipe(recipe, classes, channels).to(dev)
-        m = m.to(memory_format=torch.channels_last) if channels_last else m
-        m.train()
-        net = torch.compile(m) if compiled else m
-        opt = torch.optim.SGD(m.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-        x = ((images.float() - torch.tensor(mean).view(1, -1, 1, 1) * 255)
-             / (torch.tensor(std).view(1, -1, 1, 1) * 255)).to(dev)
-        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-        y = target.to(dev)
-        bare_scaler = torch.amp.GradScaler(dev.type, enabled=amp == torch.float16)
-
-        def step() -> None:
-            with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-                out = net(x)
-                loss = F.cross_entropy(out[0] if isinstance(out, (tuple, list)) else out, y)
-            opt.zero_grad(set_to_none=True)
-            bare_scaler.scale(loss).backward()
-            bare_scaler.step(opt)
-            bare_scaler.update()
-        return step
-
+    precision = parts.precision
     contenders = {
-        "bare": bare(False, None, False),
-        "bare_same": bare(precision.channels_last, precision.amp_dtype, opts.compile),
+        "bare": _bare_step(recipe, dev, images, target, spec, False, None, False),
+        "bare_same": _bare_step(recipe, dev, images, target, spec, precision.channels_last, precision.amp_dtype,
+                                opts.compile),
         "cnntrain": engine_step,
     }
     for fn in contenders.values():  # warm-up: allocator, kernels' first calls, compilation
         for _ in range(opts.warmup):
             fn()
     runs: dict[str, list[float]] = {k: [] for k in contenders}
-    for _ in range(repeats):
+    for _ in range(opts.repeats):
         for name, fn in contenders.items():
-            runs[name].append(_steps_per_s(fn, steps, dev) * batch)
+            runs[name].append(_steps_per_s(fn, opts.steps, dev) * batch)
     med = {k: _median(v) for k, v in runs.items()}
     result = {
         "recipe": recipe.name, "arch": recipe.model.arch, "device": str(dev), "batch_size": batch,
-        "input": [channels, size, size],
+        "input": [spec.channels, spec.size, spec.size],
         "engine_policy": precision.describe() + (", compiled" if opts.compile else ""),
         "cnntrain_images_per_s": med["cnntrain"], "bare_images_per_s": med["bare"],
         "bare_same_settings_images_per_s": med["bare_same"], "runs": runs,
@@ -367,13 +390,18 @@ def bench_train(opts: BenchTrainOptions) -> dict[str, Any]:
         "overhead": 1 - med["cnntrain"] / med["bare_same"],
         "threads": torch.get_num_threads(),
     }
-    print(f"bench train: {recipe.name} ({recipe.model.arch}), batch {batch} of {channels}x{size}x{size} synthetic, "
-          f"{steps} steps x {repeats} rounds, {dev} ({torch.get_num_threads()} threads)")
-    print(f"  baseline  bare PyTorch loop (fp32, NCHW, SGD): {med['bare']:10.1f} images/s  "
-          f"(runs: {', '.join(f'{v:.0f}' for v in runs['bare'])})")
-    print(f"  cnntrain  fit step ({result['engine_policy']}): {med['cnntrain']:10.1f} images/s  "
-          f"(runs: {', '.join(f'{v:.0f}' for v in runs['cnntrain'])})")
-    print(f"  ratio     {result['speedup']:.2f}x")
-    print(f"  overhead  {100 * result['overhead']:+.1f}% against a bare loop with the engine's settings "
-          f"({med['bare_same']:.1f} images/s; negative: the engine was faster)")
+    _print_train(result, opts)
     return result
+
+
+def _print_train(r: dict[str, Any], opts: BenchTrainOptions) -> None:
+    c, h, w = r["input"]
+    print(f"bench train: {r['recipe']} ({r['arch']}), batch {r['batch_size']} of {c}x{h}x{w} synthetic, "
+          f"{opts.steps} steps x {opts.repeats} rounds, {r['device']} ({r['threads']} threads)")
+    print(f"  baseline  bare PyTorch loop (fp32, NCHW, SGD): {r['bare_images_per_s']:10.1f} images/s  "
+          f"(runs: {_runs(r['runs']['bare'])})")
+    print(f"  cnntrain  fit step ({r['engine_policy']}): {r['cnntrain_images_per_s']:10.1f} images/s  "
+          f"(runs: {_runs(r['runs']['cnntrain'])})")
+    print(f"  ratio     {r['speedup']:.2f}x")
+    print(f"  overhead  {100 * r['overhead']:+.1f}% against a bare loop with the engine's settings "
+          f"({r['bare_same_settings_images_per_s']:.1f} images/s; negative: the engine was faster)")

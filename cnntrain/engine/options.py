@@ -8,7 +8,6 @@ from pathlib import Path
 
 from cnntrain.errors import CnnTrainError
 
-STRATEGIES = ("ddp", "dp")
 SPLITS = ("val", "train")
 COMBINES = ("prob", "logit")
 
@@ -43,9 +42,7 @@ class FitOptions:
     strategy: str = "ddp"  # "dp": torch.nn.DataParallel over all visible GPUs in one process
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise CnnTrainError(f"--strategy {self.strategy!r}: use ddp or dp")
-        _at_least(0, workers=self.workers)
+        _at_least(0, workers=self.workers)  # --strategy and --nproc: launch.check_launch
 
 
 @dataclass(kw_only=True)
