@@ -6,9 +6,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cnntrain.cli import main
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """`cuda`-marked tests run only where CUDA is (scripts/gpu-check on a GPU machine)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: run scripts/gpu-check on a GPU machine")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:

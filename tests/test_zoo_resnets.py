@@ -10,6 +10,7 @@ from torch import nn
 
 from cnntrain.models import build_model, list_models, model_info
 from cnntrain.models.densenet import DenseNet
+from cnntrain.models import drops
 from cnntrain.models.fractalnet import FractalBlock, FractalNet
 from cnntrain.models.preact_resnet import PreActBasicBlock
 from cnntrain.models.senet import SEBottleneck
@@ -114,6 +115,7 @@ def test_output_shape_at_paper_size_and_at_32(name):
 @pytest.mark.parametrize("name", ZOO)
 def test_forward_backward(name):
     torch.manual_seed(0)
+    drops.reseed(0, 0)  # drop decisions: their own generator
     model = build_model(name, num_classes=5).train()
     size = 16 if model_info(name).input_size == 32 else 32  # small inputs keep CPU time down
     out = model(torch.randn(2, 3, size, size))
@@ -127,6 +129,7 @@ def test_forward_backward(name):
 
 def test_preact_units_are_bn_relu_conv_with_pure_identity():
     torch.manual_seed(0)
+    drops.reseed(0, 0)  # drop decisions: their own generator
     unit = PreActBasicBlock(4, 4).eval()
     _perturb_bn(unit)
     x = torch.randn(2, 4, 5, 5)  # negative values survive an identity shortcut (no ReLU after +)
@@ -142,6 +145,7 @@ def test_preact_units_are_bn_relu_conv_with_pure_identity():
 
 def test_se_recalibrates_the_branch_before_the_addition():
     torch.manual_seed(0)
+    drops.reseed(0, 0)  # drop decisions: their own generator
     block = SEBottleneck(16, 4).eval()
     x = torch.randn(2, 16, 6, 6)
     with torch.no_grad():
@@ -182,6 +186,7 @@ def _perturb_bn(model: nn.Module) -> None:
 @pytest.mark.parametrize("name", sorted(TORCHVISION))
 def test_state_dict_interchange_with_torchvision(name):
     torch.manual_seed(0)
+    drops.reseed(0, 0)  # drop decisions: their own generator
     # Stochastic depth scales each branch by its survival probability at test time; with
     # p_last = 1 every block always survives and it computes exactly torchvision's ResNet.
     options = {"p_last": 1.0} if "stochastic" in name else {}
@@ -241,6 +246,7 @@ def test_survival_probabilities_decay_linearly_to_p_last():
 
 def test_stochastic_depth_skips_blocks_in_training_only():
     torch.manual_seed(0)
+    drops.reseed(0, 0)  # drop decisions: their own generator
     model = build_model("resnet110-stochastic-depth", p_last=0.05)
     ran: list[int] = []
     for i, block in enumerate(stochastic_blocks(model)):
@@ -253,6 +259,7 @@ def test_stochastic_depth_skips_blocks_in_training_only():
         ran.clear()
         _freeze_bn(model)
         torch.manual_seed(123)
+        drops.reseed(123, 0)  # drop decisions: their own generator
         y_train = model(x)
         skipped = 54 - len(ran)
         assert 0 < skipped < 54
@@ -260,11 +267,13 @@ def test_stochastic_depth_skips_blocks_in_training_only():
         first = list(ran)
         ran.clear()
         torch.manual_seed(123)
+        drops.reseed(123, 0)  # drop decisions: their own generator
         assert torch.equal(model(x), y_train) and ran == first  # a seed fixes the draws
 
 
 def test_stochastic_depth_scales_branch_at_test_and_skips_to_identity():
     torch.manual_seed(0)
+    drops.reseed(0, 0)  # drop decisions: their own generator
     block = StochasticCifarBlock(4, 4).eval()
     _perturb_bn(block)
     block.survival = 0.3
@@ -303,6 +312,7 @@ def test_fractal_block_structure():
 
 def test_fractalnet_global_drop_path_runs_one_column_everywhere():
     torch.manual_seed(0)
+    drops.reseed(0, 0)  # drop decisions: their own generator
     model = _freeze_bn(FractalNet(columns=3, channels=(4, 8, 8), global_ratio=1.0))
     ran = _units_that_ran(model)
     x = torch.randn(2, 3, 16, 16)
@@ -326,6 +336,7 @@ def test_fractalnet_global_drop_path_runs_one_column_everywhere():
 
 def test_fractal_block_local_drop_path_averages_surviving_inputs():
     torch.manual_seed(0)
+    drops.reseed(0, 0)  # drop decisions: their own generator
     block = FractalBlock(3, 4, columns=2, p_local=0.5).eval()
     x = torch.randn(2, 3, 5, 5)
     with torch.no_grad():
@@ -345,6 +356,7 @@ def test_fractal_block_local_drop_path_averages_surviving_inputs():
 
 def test_fractalnet_local_drop_path_and_eval_determinism():
     torch.manual_seed(0)
+    drops.reseed(0, 0)  # drop decisions: their own generator
     model = FractalNet(columns=3, channels=(4, 8), p_local=0.5, global_ratio=0.0, dropout=0.1)
     ran = _units_that_ran(model)
     x = torch.randn(2, 3, 8, 8)

@@ -207,8 +207,11 @@ def pca_lighting(batch: torch.Tensor, std: float, generator: torch.Generator | N
     image, alpha ~ N(0, std), to every pixel."""
     if std <= 0 or batch.shape[1] != 3:
         return batch
-    alpha = torch.randn(batch.shape[0], 3, generator=generator) * std
-    vec, val = IMAGENET_EIGVEC, IMAGENET_EIGVAL
+    # Drawn where the batch is (a generator, when given, says where): no host-to-device
+    # copy, no synchronisation on a GPU; on the CPU the same draws as ever.
+    device = generator.device if generator is not None else batch.device
+    alpha = torch.randn(batch.shape[0], 3, generator=generator, device=device) * std
+    vec, val = IMAGENET_EIGVEC.to(device), IMAGENET_EIGVAL.to(device)
     shift = (alpha * val) @ vec.T * value_scale  # (N, 3): sum_j eigvec[:, j] * alpha_j * eigval_j
     return batch + shift.to(batch.device, batch.dtype)[:, :, None, None]
 

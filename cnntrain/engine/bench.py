@@ -361,9 +361,9 @@ def bench_train(opts: BenchTrainOptions) -> dict[str, Any]:
 
     def engine_step() -> None:
         schedule.apply(parts.optimizer, counter["step"])
-        logits, y, loss = parts.fit_step(images, target, check=check)
+        logits, y, _ = parts.fit_step(images, target, check=check, step=counter["step"])
         counter["step"] += 1
-        meter.update(logits, y, loss)
+        meter.update(logits, y, parts.fit_step.loss)
 
     precision = parts.precision
     contenders = {

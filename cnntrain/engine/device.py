@@ -77,7 +77,7 @@ class _CudaPrefetcher:
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -89,6 +89,8 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise CnnTrainError(
                 f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here"
             )
+        # A concrete index, so torch.cuda.set_device can make it current (no stray context on cuda:0).
+        return torch.device("cuda", device.index or 0)
     elif device.type != "cpu":
         raise CnnTrainError(f"--device {name}: cnntrain runs on cpu or cuda")
     return device
@@ -113,10 +115,17 @@ class Precision:
         return f"{amp}{', channels_last' if self.channels_last else ''}"
 
 
+def auto_amp_dtype(capability: tuple[int, int]) -> torch.dtype:
+    """bf16 where the GPU computes it natively (compute capability 8.0 and later: A100,
+    H100, RTX 30xx on), else fp16 with the grad scaler (T4, V100). torch's
+    ``is_bf16_supported()`` counts emulation, and reads the current device, not the run's."""
+    return torch.bfloat16 if capability >= (8, 0) else torch.float16
+
+
 def choose_precision(device: torch.device, amp: str, channels_last: str) -> Precision:
     cuda = device.type == "cuda"
     if amp == "auto":
-        dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
+        dtype = auto_amp_dtype(torch.cuda.get_device_capability(device)) if cuda else None
     elif amp == "off":
         dtype = None
     elif amp == "fp16" and not cuda:
@@ -152,12 +161,37 @@ def tune_cpu_process() -> bool:
     return ok
 
 
+def prepare_cuda(device: torch.device, deterministic: bool) -> None:
+    """Make ``device`` current and tune cuDNN/cuBLAS for a run on it.
+
+    - Fixed-shape training: cuDNN's benchmark picks the fastest convolution algorithms
+      (off when ``deterministic``, since the fastest may differ between runs).
+    - fp32 matrix multiplies use TF32 on Ampere and later (``"high"``), as cuDNN's
+      convolutions already do by default.
+    - ``deterministic``: cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` before CUDA starts;
+      set here when absent, which is early enough as long as nothing used CUDA before.
+    """
+    if deterministic and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        if torch.cuda.is_initialized():
+            raise CnnTrainError("train.deterministic = true on CUDA needs CUBLAS_WORKSPACE_CONFIG=:4096:8 set "
+                                "before CUDA starts; export it before running cnntrain")
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    if device.type != "cuda":
+        return
+    torch.cuda.set_device(device)
+    torch.backends.cudnn.benchmark = not deterministic
+    if torch.cuda.get_device_capability(device) >= (8, 0):
+        torch.set_float32_matmul_precision("high")
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed every global RNG; with ``deterministic``, ask for deterministic kernels
+    (an op without one raises, naming itself, rather than silently varying)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
 
 

@@ -27,8 +27,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cnntrain.engine.device import resolve_device, seed_everything, tune_cpu_process
+from cnntrain.engine.dataparallel import data_parallel
+from cnntrain.engine.device import prepare_cuda, resolve_device, seed_everything, tune_cpu_process
 from cnntrain.errors import CnnTrainError
+from cnntrain.models.drops import skips_parameters
 
 STRATEGIES = ("ddp", "dp")
 DEFAULT_TIMEOUT_S = 1800
@@ -82,25 +84,27 @@ def _rank_device(spec: str, env: DistEnv) -> torch.device:
         raise CnnTrainError(f"--device {spec} picks one GPU, but this job runs {env.world} processes that "
                             "each use cuda:LOCAL_RANK; pass --device cuda")
     count = torch.cuda.device_count()
+    if count == 1:  # SLURM and other launchers often show each process its own GPU only
+        return torch.device("cuda", 0)
     if env.local_rank >= count:
         raise CnnTrainError(f"local rank {env.local_rank} has no GPU: {count} visible on this machine; "
                             f"start at most {count} processes per machine")
     return torch.device("cuda", env.local_rank)
 
 
-def setup(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[DistEnv, torch.device]:
+def setup(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S,
+          deterministic: bool = False) -> tuple[DistEnv, torch.device]:
     """Join the process group if this process was launched as one of several, pick its
     device (and tune the process for it). Processes other than rank 0 stop printing to
     stdout."""
     env = env_from_environ()
     dev = resolve_device(device) if not env.enabled else _rank_device(device, env)
+    prepare_cuda(dev, deterministic)
     if dev.type == "cpu":
         tune_cpu_process()
     if not env.enabled:
         return env, dev
     if not dist.is_initialized():
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
                                 device_id=dev if dev.type == "cuda" else None)
@@ -118,7 +122,7 @@ def teardown() -> None:
 
 def describe(env: DistEnv, device: torch.device, model: nn.Module | None = None) -> str:
     if isinstance(model, nn.DataParallel):
-        return f"DataParallel on {len(model.device_ids)} GPUs"
+        return f"DataParallel on {len(model.device_ids)} GPUs (cuda:{model.output_device} leads)"
     if not env.enabled:
         return str(device)
     backend = dist.get_backend() if dist.is_initialized() else "?"
@@ -141,13 +145,16 @@ def per_process_batch(global_batch: int, env: DistEnv, accumulate: int = 1) -> i
 
 
 def wrap_model(model: nn.Module, env: DistEnv, device: torch.device, strategy: str = "ddp",
-               sync_bn: bool = False) -> nn.Module:
+               sync_bn: bool = False, amp_dtype: torch.dtype | None = None) -> nn.Module:
     """DataParallel over all visible GPUs (``dp``), or DDP when there are several
-    processes (with SyncBatchNorm if asked). Call before building the optimiser."""
+    processes (with SyncBatchNorm if asked). Call before building the optimiser.
+
+    Models that skip blocks or paths in training (stochastic depth, FractalNet) leave
+    parameters without gradients: DDP looks for them (``find_unused_parameters``). Their
+    drop decisions agree across ranks (:mod:`cnntrain.models.drops`), so the unused sets,
+    and SyncBatchNorm's collectives, are the same on every process."""
     if strategy == "dp":
-        if device.type != "cuda":
-            raise CnnTrainError("--strategy dp (DataParallel) needs CUDA GPUs")
-        return nn.DataParallel(model)
+        return data_parallel(model, device, amp_dtype)
     if not env.enabled:
         return model
     if sync_bn:
@@ -156,7 +163,8 @@ def wrap_model(model: nn.Module, env: DistEnv, device: torch.device, strategy: s
                                 "set train.sync_bn = false for CPU runs")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, output_device=device.index if ids else None)
+    return DistributedDataParallel(model, device_ids=ids, output_device=device.index if ids else None,
+                                   find_unused_parameters=skips_parameters(model))
 
 
 def eval_model(model: nn.Module) -> nn.Module:
@@ -191,14 +199,17 @@ def _reduce_device(device: torch.device) -> torch.device:
     return device if dist.is_initialized() and dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def mean_scalar(value: torch.Tensor, env: DistEnv) -> float:
-    """The mean over processes of a scalar tensor, as a float (the tensor's value alone
-    with one process)."""
+def step_scalars(loss: torch.Tensor, flag: bool, env: DistEnv) -> tuple[torch.Tensor, float, bool]:
+    """A step's loss averaged over the processes (as a tensor, and read once as a float)
+    and whether any process raised ``flag`` (a stop request), in one collective and one
+    host read: the guard on the loss needs the value before the update anyway."""
     if not env.enabled:
-        return float(value)
-    t = value.detach().float().reshape(1).to(_reduce_device(value.device))
+        return loss, float(loss), flag
+    t = torch.stack([loss.detach().float().reshape(()), torch.tensor(float(flag), device=loss.device)])
+    t = t.to(_reduce_device(loss.device))
     dist.all_reduce(t)
-    return float(t) / env.world
+    total, flags = t.tolist()
+    return t[0] / env.world, total / env.world, flags > 0
 
 
 def sum_ints(values: list[int], env: DistEnv, device: torch.device) -> list[int]:
@@ -213,13 +224,9 @@ def reduce_meter(meter, env: DistEnv, device: torch.device):
     """Add up every process's samples, loss sum and top-k counts (in place)."""
     if not env.enabled:
         return meter
-    ks = list(meter.ks)
-    t = torch.tensor([meter.samples, meter.loss_sum, *[meter.correct[k] for k in ks]],
-                     dtype=torch.float64, device=_reduce_device(device))
+    t = meter.counts().to(_reduce_device(device))
     dist.all_reduce(t)
-    values = t.tolist()
-    meter.samples, meter.loss_sum = int(round(values[0])), values[1]
-    meter.correct = {k: int(round(v)) for k, v in zip(ks, values[2:])}
+    meter.set_counts(t.tolist())
     return meter
 
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from cnntrain.data import BatchPrep, DataBundle, build_data, default_workers, make_loader, val_loader
 from cnntrain.engine import distributed
 from cnntrain.engine.checkpoint import build_from_checkpoint, load_checkpoint
-from cnntrain.engine.device import Precision, ahead_to_device, choose_precision, resolve_device
+from cnntrain.engine.device import Precision, ahead_to_device, choose_precision, prepare_cuda, resolve_device
 from cnntrain.engine.metrics import Meter
 from cnntrain.engine.options import EnsembleOptions, EvalOptions
 from cnntrain.errors import CnnTrainError
@@ -56,19 +56,18 @@ def evaluate(models: list[nn.Module], loader, preps: list[BatchPrep], device: to
             for model, prep, meter in zip(models, preps, meters):
                 with precision.autocast(device):
                     logits, probs = _member_scores(model, prep(images), crops)
-                if crops:
-                    loss = F.nll_loss(probs.clamp_min(1e-12).log(), y).item()
-                    meter.update(probs, y, loss)
+                if crops:  # losses stay tensors: the meters add them up on the device
+                    meter.update(probs, y, F.nll_loss(probs.clamp_min(1e-12).log(), y))
                 else:
-                    meter.update(logits, y, F.cross_entropy(logits, y).item())
+                    meter.update(logits, y, F.cross_entropy(logits, y))
                 all_logits.append(logits)
                 all_probs.append(probs)
             if combine == "logit":
                 logits = torch.stack(all_logits).mean(0)
-                meters[-1].update(logits, y, F.cross_entropy(logits, y).item())
+                meters[-1].update(logits, y, F.cross_entropy(logits, y))
             elif combine == "prob":
                 probs = torch.stack(all_probs).mean(0)
-                meters[-1].update(probs, y, F.nll_loss(probs.clamp_min(1e-12).log(), y).item())
+                meters[-1].update(probs, y, F.nll_loss(probs.clamp_min(1e-12).log(), y))
     finally:
         for m, flag in zip(models, was_training):
             m.train(flag)
@@ -78,13 +77,33 @@ def evaluate(models: list[nn.Module], loader, preps: list[BatchPrep], device: to
 # --------------------------------------------------------------------------- commands
 
 
-def _load_member(path: str, device: torch.device, precision: Precision) -> tuple[nn.Module, dict, Recipe]:
+def fp32_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Run the classifier (every Linear or Conv2d with ``num_classes`` outputs) in fp32,
+    outside autocast: paper-comparison numbers must not depend on bf16/fp16 rounding of
+    the logits (a tie-break, a 0.01-point difference). The body keeps the run's precision."""
+    for module in model.modules():
+        width = getattr(module, "out_features", getattr(module, "out_channels", None))
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and width == num_classes:
+            inner = module.forward
+
+            def forward(x: torch.Tensor, inner=inner) -> torch.Tensor:
+                with torch.autocast(x.device.type, enabled=False):
+                    return inner(x.float())
+            module.forward = forward
+    return model
+
+
+def _load_member(path: str, device: torch.device) -> tuple[nn.Module, dict, Recipe, Precision]:
+    """A checkpoint's model, on ``device`` in the memory format its recipe's precision
+    policy sets (the same policy then prepares its inputs), with an fp32 classifier."""
     payload = load_checkpoint(path)
+    meta = payload["meta"]
+    recipe = recipe_from_dict(meta["recipe"], source=str(path))
+    precision = choose_precision(device, recipe.train.amp, recipe.train.channels_last)
     model = build_from_checkpoint(payload, source=str(path)).to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    meta = payload["meta"]
-    return model, meta, recipe_from_dict(meta["recipe"], source=str(path))
+    return fp32_head(model, len(meta["classes"])), meta, recipe, precision
 
 
 def _check_classes(path: str, meta: dict, data: DataBundle) -> None:
@@ -117,8 +136,7 @@ def _paper_line(recipe: Recipe, crops: int, scales: list[int] | None = None) -> 
 def eval_checkpoint(opts: EvalOptions) -> dict[str, Any]:
     path, split = opts.checkpoint, opts.split
     env, dev = distributed.setup(opts.device)  # several processes under torchrun or `eval --nproc`
-    model, meta, recipe = _load_member(path, dev, choose_precision(dev, "auto", "auto"))
-    precision = choose_precision(dev, recipe.train.amp, recipe.train.channels_last)
+    model, meta, recipe, precision = _load_member(path, dev)
     crops = opts.crops or recipe.eval.crops
     scales = list(opts.scales if opts.scales is not None else recipe.eval.scales)
     k = opts.topk or recipe.eval.topk
@@ -155,10 +173,10 @@ def eval_checkpoint(opts: EvalOptions) -> dict[str, Any]:
 def ensemble_checkpoints(opts: EnsembleOptions) -> dict[str, Any]:
     paths, topk, combine, crops = opts.checkpoints, opts.topk or 5, opts.combine, opts.crops or 1
     dev = resolve_device(opts.device)
-    precision = choose_precision(dev, "auto", "auto")
-    members = [_load_member(p, dev, precision) for p in paths]
-    first_meta, first_recipe = members[0][1], members[0][2]
-    for path, (_, meta, recipe) in zip(paths[1:], members[1:]):
+    prepare_cuda(dev, deterministic=False)
+    members = [_load_member(p, dev) for p in paths]
+    first_meta, first_recipe, precision = members[0][1], members[0][2], members[0][3]
+    for path, (_, meta, recipe, _) in zip(paths[1:], members[1:]):
         same_view = (recipe.data.train_size, recipe.data.eval_resize, meta["in_channels"]) == (
             first_recipe.data.train_size, first_recipe.data.eval_resize, first_meta["in_channels"])
         if not same_view:
@@ -170,16 +188,17 @@ def ensemble_checkpoints(opts: EnsembleOptions) -> dict[str, Any]:
             )
     bundle = build_data(first_recipe, opts.data if opts.data is not None else first_meta.get("data"),
                         train=False, crops=crops)
-    for path, (_, meta, _) in zip(paths, members):
+    for path, (_, meta, _, _) in zip(paths, members):
         _check_classes(path, meta, bundle)
     loader = make_loader(bundle.val, opts.batch_size or first_recipe.eval.batch_size or first_recipe.optim.batch_size,
                          workers=default_workers(bundle.kind) if opts.workers is None else opts.workers,
                          pin_memory=dev.type == "cuda")
-    preps = [BatchPrep(tuple(m["mean"]), tuple(m["std"]), dev, precision.channels_last) for _, m, _ in members]
-    meters, _ = evaluate([m for m, _, _ in members], loader, preps, dev, precision, (1, topk),
+    # Each member's inputs in its own memory format; autocast as the first member's recipe says.
+    preps = [BatchPrep(tuple(m["mean"]), tuple(m["std"]), dev, p.channels_last) for _, m, _, p in members]
+    meters, _ = evaluate([m for m, _, _, _ in members], loader, preps, dev, precision, (1, topk),
                          combine=combine, progress=opts.progress)
     results = []
-    for path, (_, meta, _), meter in zip(paths, members, meters):
+    for path, (_, meta, _, _), meter in zip(paths, members, meters):
         r = meter.result()
         r.update(checkpoint=str(path), arch=meta["arch"])
         results.append(r)

@@ -5,6 +5,8 @@ DDP, a non-finite loss (stop with :data:`EXIT_NONFINITE`, or skip up to
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -56,6 +58,18 @@ class Guards:
             raise CnnTrainError(f"rank {self.env.rank} read a batch in which no image was readable; with several "
                                 "processes every step needs data on each. Remove the unreadable files "
                                 "(see skipped.txt) or use a larger batch")
+
+    @contextmanager
+    def deterministic_kernels(self) -> Iterator[None]:
+        """With train.deterministic, an op that has no deterministic kernel on this device
+        stops the run with its name, not a traceback."""
+        try:
+            yield
+        except RuntimeError as exc:
+            if "deterministic" not in str(exc):
+                raise
+            raise CnnTrainError(f"train.deterministic = true, but {str(exc).splitlines()[0]} Set "
+                                "train.deterministic = false, or use a model without that operation") from None
 
     def loss_ok(self, value: float, lr: float) -> bool:
         """False skips the update (train.on_nonfinite = "skip"); stopping raises."""

@@ -11,38 +11,80 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 
-def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> dict[int, int]:
-    """How many rows have their target among the k highest scores, for each k."""
+def topk_hits(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> torch.Tensor:
+    """How many rows have their target among the k highest scores, for each k, as a
+    tensor on the logits' device (nothing is read back to the host)."""
     kmax = min(max(ks), logits.shape[1])
     top = logits.topk(kmax, dim=1).indices
     hits = top.eq(target[:, None])
-    return {k: int(hits[:, : min(k, kmax)].any(dim=1).sum()) for k in ks}
+    return torch.stack([hits[:, : min(k, kmax)].any(dim=1).sum() for k in ks])
+
+
+def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> dict[int, int]:
+    """:func:`topk_hits` as plain ints."""
+    return dict(zip(ks, (int(v) for v in topk_hits(logits, target, ks).tolist())))
 
 
 class Meter:
-    """Running loss and top-k counts over an epoch or an evaluation."""
+    """Running loss and top-k counts over an epoch or an evaluation.
+
+    The sums stay on the device the logits are on: an update launches a few kernels and
+    reads nothing back, so a GPU step never waits for the host on the meter's account
+    (reading ``loss``, ``correct`` or ``result()`` synchronises, once; ``host_reads``
+    counts those reads, so a test can tell how often the training loop makes them)."""
 
     def __init__(self, ks: tuple[int, ...] = (1, 5)) -> None:
         self.ks = tuple(sorted(set(ks)))
         self.samples = 0
-        self.loss_sum = 0.0
-        self.correct = {k: 0 for k in self.ks}
+        self._loss: torch.Tensor | float = 0.0
+        self._correct: torch.Tensor | list[int] = [0] * len(self.ks)
+        self.host_reads = 0
 
-    def update(self, logits: torch.Tensor, target: torch.Tensor, loss: float) -> None:
+    def update(self, logits: torch.Tensor, target: torch.Tensor, loss: float | torch.Tensor) -> None:
         n = int(target.shape[0])
         self.samples += n
-        self.loss_sum += float(loss) * n
-        for k, c in topk_correct(logits.detach().float(), target, self.ks).items():
-            self.correct[k] += c
+        loss = loss.detach().double() if isinstance(loss, torch.Tensor) else float(loss)
+        self._loss = self._loss + loss * n
+        hits = topk_hits(logits.detach().float(), target, self.ks)
+        self._correct = hits if isinstance(self._correct, list) else self._correct + hits
 
-    def add_counts(self, samples: int, loss_sum: float, correct: dict[int, int]) -> None:
-        self.samples += samples
-        self.loss_sum += loss_sum
-        for k in self.ks:
-            self.correct[k] += correct[k]
+    def _read(self) -> tuple[float, list[int]]:
+        if isinstance(self._loss, torch.Tensor) or isinstance(self._correct, torch.Tensor):
+            self.host_reads += 1
+        loss = float(self._loss)
+        correct = self._correct.tolist() if isinstance(self._correct, torch.Tensor) else list(self._correct)
+        return loss, [int(c) for c in correct]
+
+    @property
+    def loss_sum(self) -> float:
+        return self._read()[0]
+
+    @loss_sum.setter
+    def loss_sum(self, value: float) -> None:
+        self._loss = float(value)
+
+    @property
+    def correct(self) -> dict[int, int]:
+        return dict(zip(self.ks, self._read()[1]))
+
+    @correct.setter
+    def correct(self, value: dict[int, int]) -> None:
+        self._correct = [int(value[k]) for k in self.ks]
+
+    def counts(self) -> torch.Tensor:
+        """[samples, loss sum, correct per k] as one float64 tensor, without a host read."""
+        parts = [torch.as_tensor(v, dtype=torch.float64).reshape(1).cpu() if not isinstance(v, torch.Tensor)
+                 else v.double().reshape(-1) for v in (float(self.samples), self._loss, self._correct)]
+        device = next((p.device for p in parts if p.device.type != "cpu"), torch.device("cpu"))
+        return torch.cat([p.to(device) for p in parts])
+
+    def set_counts(self, values: list[float]) -> None:
+        self.samples, self._loss = int(round(values[0])), values[1]
+        self._correct = [int(round(v)) for v in values[2:]]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"samples": self.samples, "loss_sum": self.loss_sum, "correct": dict(self.correct)}
+        loss, correct = self._read()
+        return {"samples": self.samples, "loss_sum": loss, "correct": dict(zip(self.ks, correct))}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.samples, self.loss_sum = state["samples"], state["loss_sum"]
@@ -56,8 +98,9 @@ class Meter:
         return 100.0 * self.correct[k] / max(1, self.samples)
 
     def result(self) -> dict[str, Any]:
-        out: dict[str, Any] = {f"top{k}": self.accuracy(k) for k in self.ks}
-        out.update(loss=self.loss, samples=self.samples)
+        loss, correct = self._read()
+        out: dict[str, Any] = {f"top{k}": 100.0 * c / max(1, self.samples) for k, c in zip(self.ks, correct)}
+        out.update(loss=loss / max(1, self.samples), samples=self.samples)
         return out
 
 

@@ -25,6 +25,16 @@ from cnntrain.engine.optim import LRSchedule
 from cnntrain.errors import CnnTrainError
 
 
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
+    """Restore the fp16 grad scaler's state where both sides have one: a checkpoint from
+    a CPU, fp32 or bf16 run holds an empty state (its scaler was off), which an enabled
+    scaler refuses; it then starts from its initial scale."""
+    if scaler.is_enabled() and state:
+        scaler.load_state_dict(state)
+    elif scaler.is_enabled():
+        print("resume: the checkpoint's run had no fp16 grad scaler; starting one at its initial scale")
+
+
 @dataclass
 class Progress:
     """The counters a resumed run continues from."""
@@ -35,7 +45,7 @@ class Progress:
     best_top1: float | None = None
     meter: Meter = field(default_factory=lambda: Meter((1,)))  # the current epoch's training metrics
     nonfinite_skipped: int = 0
-    amp_skipped: int = 0  # fp16 overflow: skipped by the scaler, by design
+    amp_skipped: int | torch.Tensor = 0  # fp16 overflow: skipped by the scaler, by design (a device count)
 
 
 @dataclass
@@ -66,7 +76,7 @@ class RunState:
             "step": p.step,
             "best_top1": p.best_top1,
             "meter": p.meter.state_dict(),
-            "counters": {"nonfinite_skipped": p.nonfinite_skipped, "amp_skipped": p.amp_skipped},
+            "counters": {"nonfinite_skipped": p.nonfinite_skipped, "amp_skipped": int(p.amp_skipped)},
             "rng": rng_state(),
             **({"ema": self.ema.state_dict()} if self.ema else {}),
         }
@@ -126,7 +136,7 @@ class RunState:
             self.ema.load_state_dict(payload.get("ema") or {"model": payload["model"], "updates": 0})
         self.optimizer.load_state_dict(payload["optimizer"])
         self.schedule.load_state_dict(payload["schedule"])
-        self.scaler.load_state_dict(payload["scaler"])
+        load_scaler_state(self.scaler, payload["scaler"])
         p = self.progress
         p.epoch, p.epoch_step, p.step = payload["epoch"], payload["epoch_step"], payload["step"]
         p.best_top1 = payload["best_top1"]

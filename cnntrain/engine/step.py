@@ -9,7 +9,8 @@ up before the one optimiser step (each loss weighted by its share of the batch, 
 gradient is the whole batch's mean); under DDP the gradient all-reduce runs only on the
 last micro-batch (``no_sync`` on the others). The step's loss is averaged over the
 processes, so every process sees the same value and a non-finite loss stops them all
-at the same step.
+at the same step; the stop flag travels in the same collective, and that value is the
+step's only read from the device (the running metrics stay there).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from cnntrain.engine import distributed
 from cnntrain.engine.checkpoint import unwrap
 from cnntrain.engine.device import Precision
 from cnntrain.engine.ema import WeightAverage
+from cnntrain.models import drops
 
 
 def training_loss(outputs: Any, target: torch.Tensor, label_smoothing: float,
@@ -50,18 +52,29 @@ class FitStep:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                  prep: BatchPrep, precision: Precision, device: torch.device, *,
                  label_smoothing: float = 0.0, accumulate: int = 1, aux_weight: float = 0.3,
-                 env: distributed.DistEnv = distributed.SINGLE, ema: WeightAverage | None = None) -> None:
+                 env: distributed.DistEnv = distributed.SINGLE, ema: WeightAverage | None = None,
+                 seed: int = 0) -> None:
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.prep, self.precision, self.device = prep, precision, device
         self.smoothing, self.accumulate, self.env = label_smoothing, max(1, accumulate), env
         self.aux_weight, self.ema = aux_weight, ema
+        self.seed = seed
         self.stepped = False  # did the last call update the weights?
-        self.overflowed = False  # did the fp16 grad scaler skip the last update?
+        # Did the fp16 grad scaler skip the last update? A 0-dim tensor on the device (or
+        # False): reading it would wait for the GPU, so the loop adds it up unread.
+        self.overflowed: torch.Tensor | bool = False
+        self.loss: torch.Tensor | None = None  # the last step's mean loss, on the device
+        self.stop_everywhere = False  # did any process ask to stop (folded into the loss's collective)?
 
     def __call__(self, images: torch.Tensor, target: torch.Tensor,
-                 check: Callable[[float], bool | None] | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+                 check: Callable[[float], bool | None] | None = None, step: int | None = None,
+                 stop: bool = False) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimiser step; ``check(loss)`` runs before the update and may raise, or
-        return False to skip the update (``self.stepped`` tells which happened)."""
+        return False to skip the update (``self.stepped`` tells which happened). ``step``
+        seeds the model's drop decisions (the same on every process); ``stop`` is this
+        process's stop request, shared with the others in the loss's collective."""
+        if step is not None:
+            drops.reseed(self.seed, step)
         self.optimizer.zero_grad(set_to_none=True)
         n = int(target.shape[0])
         parts = min(self.accumulate, n)
@@ -81,16 +94,17 @@ class FitStep:
             total = loss.detach() if total is None else total + loss.detach()
             logits.append(main_output(outputs).detach())
             targets.append(y)
-        loss_value = distributed.mean_scalar(total, self.env)
+        # The step's one host read: the guard needs the loss before the update.
+        self.loss, loss_value, self.stop_everywhere = distributed.step_scalars(total, stop, self.env)
         if check is not None and check(loss_value) is False:
             self.optimizer.zero_grad(set_to_none=True)
-            self.stepped = self.overflowed = False
+            self.stepped, self.overflowed = False, False
             return logits[0], targets[0], loss_value
-        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        scale = self.scaler._scale.clone() if self.scaler.is_enabled() else None  # noqa: SLF001 - no read
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.stepped = True
-        self.overflowed = scale is not None and self.scaler.get_scale() < scale
+        self.overflowed = (self.scaler._scale < scale).int() if scale is not None else False  # noqa: SLF001
         if self.ema is not None:
             self.ema.update(unwrap(self.model))
         if parts == 1:

@@ -43,10 +43,13 @@ from cnntrain.errors import CnnTrainError
 from cnntrain.recipe import Recipe
 
 
+POSTFIX_EVERY = 25  # steps between progress-bar figures (each read waits for the device)
+
+
 class Trainer:
     def __init__(self, recipe: Recipe, opts: FitOptions) -> None:
         self.recipe, self.out = recipe, Path(opts.out)
-        self.env, self.device = distributed.setup(opts.device, recipe.train.dist_timeout)
+        self.env, self.device = distributed.setup(opts.device, recipe.train.dist_timeout, recipe.train.deterministic)
         self.opts = dataclasses.replace(opts, progress=opts.progress and self.env.is_main)
         seed_everything(recipe.train.seed, recipe.train.deterministic)
         self.data: DataBundle = build_data(recipe, opts.data, train=True)
@@ -99,12 +102,14 @@ class Trainer:
                     if p.step >= self.total_steps:
                         break
                     lr = self.schedule.apply(self.optimizer, p.step)
-                    seen += self._train_step(images, target, lr)
+                    seen, stop = seen + self._train_step(images, target, lr), self._stop_requested(images)
                     p.step += 1
                     p.epoch_step += 1
-                    bar.set_postfix(loss=f"{p.meter.loss:.3f}", top1=f"{p.meter.accuracy(1):.1f}", lr=f"{lr:.3g}",
-                                    ips=f"{seen / max(time.perf_counter() - start, 1e-9):.0f}", refresh=False)
-                    if self._stop_requested():
+                    if p.step % POSTFIX_EVERY == 0:  # reading the meter waits for the device
+                        bar.set_postfix(loss=f"{p.meter.loss:.3f}", top1=f"{p.meter.accuracy(1):.1f}",
+                                        lr=f"{lr:.3g}", ips=f"{seen / max(time.perf_counter() - start, 1e-9):.0f}",
+                                        refresh=False)
+                    if stop:
                         self._save_on_main()
                         raise stopped(self.stop.requested, f"after step {p.step} (epoch {p.epoch + 1})", self.out)
                     every = self.recipe.train.save_every_steps
@@ -120,15 +125,20 @@ class Trainer:
         if images.numel() == 0:
             self.guards.empty_batch(images)
             return 0
-        logits, y, loss_value = self.fit_step(images, target, check=lambda value: self.guards.loss_ok(value, lr))
+        with self.guards.deterministic_kernels():
+            logits, y, _ = self.fit_step(images, target, check=lambda value: self.guards.loss_ok(value, lr),
+                                         step=self.progress.step, stop=self.stop.requested is not None)
         if not self.fit_step.stepped:
             return 0
-        self.progress.amp_skipped += self.fit_step.overflowed
-        self.progress.meter.update(logits, y, loss_value)
+        self.progress.amp_skipped = self.progress.amp_skipped + self.fit_step.overflowed  # a device count
+        self.progress.meter.update(logits, y, self.fit_step.loss)
         return int(y.shape[0])
 
-    def _stop_requested(self) -> bool:
-        """A stop signal on any process (all ranks must leave at the same step)."""
+    def _stop_requested(self, images: torch.Tensor | None = None) -> bool:
+        """A stop signal on any process (all ranks must leave at the same step). After a
+        step it travelled with the step's loss; otherwise it takes a collective of its own."""
+        if images is not None and images.numel():
+            return self.fit_step.stop_everywhere
         return distributed.any_flag(self.stop.requested is not None, self.env, self.device)
 
     def _save_on_main(self, improved: bool = False) -> None:
@@ -184,6 +194,7 @@ class Trainer:
             self.schedule.observe(top1)
             improved = p.best_top1 is None or top1 > p.best_top1
             p.best_top1 = top1 if improved else p.best_top1
+        p.amp_skipped = int(p.amp_skipped)
         record = {"epoch": p.epoch, "step": p.step, **record,
                   "skipped": len(self.guards.skipped) - self.skipped_before_epoch,
                   "nonfinite_skipped": p.nonfinite_skipped, "amp_skipped": p.amp_skipped}

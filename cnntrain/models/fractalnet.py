@@ -23,13 +23,18 @@ one column alone. ``dropout`` is the per-block step: 0.1 gives the paper's rates
   paper states 38.6M for it; no reading of its text reaches that with these channel
   widths (independent reimplementations also get 33.7M).
 Paths that drop blocks leave parameters without gradient for that step: under
-DistributedDataParallel these models need ``find_unused_parameters=True``.
+DistributedDataParallel these models are wrapped with ``find_unused_parameters=True``.
+The draws come from :mod:`cnntrain.models.drops`: the same on every process, a function
+of (seed, step). Drop-path decides which layers run, so under ``torch.compile`` each
+decision is a graph break (and new join patterns recompile); compile FractalNet only to
+evaluate it.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from cnntrain.models import drops
 from cnntrain.models.registry import register
 
 PAPER = "Larsson, Maire, Shakhnarovich. FractalNet: Ultra-Deep Neural Networks without Residuals. ICLR 2017"
@@ -37,8 +42,7 @@ CHANNELS = (64, 128, 256, 512, 512)
 
 
 def _draw() -> float:
-    """One uniform draw from torch's default CPU generator (seedable, no device sync)."""
-    return float(torch.rand((), device="cpu"))
+    return drops.uniform()
 
 
 def conv_unit(cin: int, cout: int, dropout: float) -> nn.Sequential:
@@ -92,7 +96,7 @@ class FractalBlock(nn.Module):
         return joined
 
 
-class FractalNet(nn.Module):
+class FractalNet(drops.SkipsParameters, nn.Module):
     def __init__(self, columns: int = 4, num_classes: int = 10, in_channels: int = 3,
                  channels: tuple[int, ...] = CHANNELS, p_local: float = 0.15, global_ratio: float = 0.5,
                  dropout: float = 0.0) -> None:

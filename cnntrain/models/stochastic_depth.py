@@ -10,9 +10,13 @@ by p_l (Eq. 5), the expected value it had in training; this is the paper's form,
 the "inverted" one that divides by p_l in training instead.
 
 A skipped block costs nothing (its branch is not computed), so its parameters get no
-gradient in that step: under DistributedDataParallel these models need
-``find_unused_parameters=True``. The draws use torch's default CPU generator, so a
-seeded run drops the same blocks.
+gradient in that step: under DistributedDataParallel these models are wrapped with
+``find_unused_parameters=True``. The draws come from :mod:`cnntrain.models.drops`, the
+same on every process and a function of (seed, step). Under ``torch.compile`` a
+Python-level skip would break the graph at every block, so there the decision is a 0/1
+tensor drawn on the device and multiplied into the residual branch: every block runs
+(no unused parameters), at the cost of the skipped blocks' compute and of their
+BatchNorm statistics being updated in steps where the paper's block would not run.
 
 - ``resnet110-stochastic-depth``: the CIFAR ResNet-110 of He et al. (option-A
   shortcuts, the architecture of the paper's §4 CIFAR experiments), 1.7M parameters.
@@ -26,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnntrain.models import drops
 from cnntrain.models.registry import register
 from cnntrain.models.resnet import Bottleneck, CifarBasicBlock, CifarResNet, ResNet
 
@@ -38,38 +43,49 @@ def linear_decay(num_blocks: int, p_last: float) -> list[float]:
 
 
 def _skip(survival: float) -> bool:
-    """Bernoulli draw for one block and one mini-batch (CPU generator: no device sync)."""
-    return survival < 1.0 and float(torch.rand((), device="cpu")) >= survival
+    """Bernoulli draw for one block and one mini-batch (eager mode)."""
+    return survival < 1.0 and drops.uniform() >= survival
 
 
-class StochasticCifarBlock(CifarBasicBlock):
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _scale(block: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """The residual branch as training or evaluation weighs it: by p_l at test time
+    (Eq. 5); by a device-drawn 0/1 gate when compiled (see the module docstring)."""
+    if not block.training:
+        return out * block.survival
+    if _compiling() and block.survival < 1.0:
+        keep = (torch.rand((), device=out.device) < block.survival).to(out.dtype)
+        return out * keep
+    return out
+
+
+class StochasticCifarBlock(drops.SkipsParameters, CifarBasicBlock):
     survival = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = self.shortcut(x)
-        if self.training and _skip(self.survival):
+        if self.training and not _compiling() and _skip(self.survival):
             # ReLU(0 + id(x)) = id(x): x left a ReLU and option A only subsamples and pads.
             return identity
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        if not self.training:
-            out = out * self.survival
-        return self.relu(out + identity)
+        return self.relu(_scale(self, out) + identity)
 
 
-class StochasticBottleneck(Bottleneck):
+class StochasticBottleneck(drops.SkipsParameters, Bottleneck):
     survival = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        if self.training and _skip(self.survival):
+        if self.training and not _compiling() and _skip(self.survival):
             return F.relu(identity)  # a projection shortcut can be negative
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        if not self.training:
-            out = out * self.survival
-        return self.relu(out + identity)
+        return self.relu(_scale(self, out) + identity)
 
 
 def stochastic_blocks(model: nn.Module) -> list[nn.Module]:
