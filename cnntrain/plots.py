@@ -246,8 +246,9 @@ def reliability_chart(bins: dict[str, np.ndarray], ece: float, path: str | Path,
     top.set_ylabel("accuracy")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
-    top.legend(loc="upper left", fontsize=8)
-    top.set_title(f"{title}\nECE {100 * ece:.2f}% over {len(count)} equal-width bins", fontsize=10)
+    # above the axes: the bars may fill any corner
+    top.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=7, frameon=False)
+    fig.suptitle(f"{title}\nECE {100 * ece:.2f}% over {len(count)} equal-width bins", fontsize=10)
     bottom.bar(edges[:-1], count, width=width, align="edge", color="0.6", edgecolor="0.3", lw=0.6)
     bottom.set_xlabel("confidence (top-1 probability)")
     bottom.set_ylabel("images")
