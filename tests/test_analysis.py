@@ -146,6 +146,8 @@ def test_ensemble_of_saved_logits_equals_ensemble_of_checkpoints(seeds, tmp_path
     assert code == 2 and "another order" in err and err.count("\n") == 1
     code, _, err = run_cli(["ensemble", "--logits", a, tmp_path / "none.npz"], capsys)
     assert code == 2 and "does not exist" in err
+    code, _, err = run_cli(["ensemble", "--logits", a, seeds / "seed0/best.pt"], capsys)
+    assert code == 2 and ".npz" in err
 
 
 def test_ece_nll_brier_by_their_formulas():

@@ -117,6 +117,8 @@ class EnsembleOptions(ViewOptions):
             raise CnnTrainError(f"an ensemble needs at least two {'.npz files' if self.saved else 'checkpoints'}")
         for path in self.checkpoints if self.saved else []:
             _check_npz("--logits", path)
+        if self.saved and self.data is not None:
+            raise CnnTrainError("--data with --logits: saved outputs are combined without data; drop --data")
         if self.combine not in COMBINES:
             raise CnnTrainError(f"--combine {self.combine!r}: use prob or logit")
 
