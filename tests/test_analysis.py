@@ -229,3 +229,17 @@ def test_compare_chart_labels_do_not_overlap_on_the_default_set(tmp_path):
                 assert not a.overlaps(b)
     assert_png(tmp_path / "c.png", (1440, 640))
     assert plot(rows, tmp_path / "d.png") == []
+
+
+def test_report_on_a_folder_dataset_lists_mistakes_by_path(tmp_path, folder_root, capsys):
+    code, _, err = run_cli(["fit", "--recipe", "resnet20", "--data", folder_root, "--out", tmp_path / "r",
+                            "--set", "train.iterations=1", "--batch-size", "4", *FAST], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["eval", tmp_path / "r/best.pt", "--data", folder_root, "--report", tmp_path / "rep",
+                            "--save-logits", tmp_path / "f.npz", "--workers", "0"], capsys)
+    assert code == 0, err
+    scores = load_scores(tmp_path / "f.npz")
+    assert sorted(scores.ids) == sorted(str(p) for p in (folder_root / "val").rglob("img*"))
+    wrong = int((scores.probs.argmax(1) != scores.labels).sum())
+    text = (tmp_path / "rep/mistakes.md").read_text()  # always written for folder data
+    assert text.count(f"| `{folder_root / 'val'}") == min(wrong, 25)
