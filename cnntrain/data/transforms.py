@@ -11,7 +11,8 @@ Training views (a crop policy per ``augment.crop``, the papers they follow, flip
 colour jitter) are in :mod:`cnntrain.data.views`, built from the helpers here.
 
 Evaluation: resize the shorter side to ``data.eval_resize`` (0: to ``train_size``), centre
-crop ``train_size``; with 10 crops, the four corners and centre and their mirror images.
+crop ``data.eval_size`` (0: ``train_size``; larger for train-low/test-high, Touvron et al.
+2019); with 10 crops, the four corners and centre and their mirror images.
 With ``eval.scales`` (Simonyan & Zisserman 2015 §3.2/4.2, multi-scale evaluation), the same
 views are taken at every test scale Q (shorter side resized to Q) and stacked, so the
 evaluator averages the softmax over all scales and crops (multi-crop, not dense).
@@ -155,8 +156,8 @@ class EvalTransform:
     with ``scales``, those views at every scale, stacked (len(scales) * crops, C, H, W)."""
 
     def __init__(self, data: DataSection, crops: int = 1, scales: list[int] | None = None) -> None:
-        self.size = data.train_size
-        self.resize = data.eval_resize or data.train_size
+        self.size = data.eval_size or data.train_size
+        self.resize = data.eval_resize or self.size
         self.crops = crops
         self.scales = list(scales or [])
 
