@@ -119,7 +119,8 @@ class OptimSection:
 
 @dataclass
 class ScheduleSection:
-    name: str = _choice("constant", "constant", "step", "multistep", "plateau", "cosine", "poly")
+    # triangle: linear warm-up to the peak at `warmup`, then linear to min_lr at the end (FFCV)
+    name: str = _choice("constant", "constant", "step", "multistep", "plateau", "cosine", "poly", "triangle")
     unit: str = _choice("epoch", "epoch", "iteration")  # what step_size, milestones, warmup count
     step_size: int = 30
     milestones: list[int] = field(default_factory=list)
@@ -164,6 +165,7 @@ class EvalSection:
     topk: int = 5
     crops: int = _choice(1, 1, 10)  # 10: four corners and centre, and their flips
     scales: list[int] = field(default_factory=list)  # test scales Q (shorter side); softmax averaged
+    flip: bool = False  # with crops = 1: also the mirrored view, softmax averaged (FFCV's test-time flip)
 
 
 SECTIONS: dict[str, type] = {
@@ -413,6 +415,9 @@ def _check_consistency(recipe: Recipe, where: str) -> None:
             raise CnnTrainError(f"{where}: {key} must be positive, got {value}")
     if recipe.optim.lr <= 0:
         raise CnnTrainError(f"{where}: optim.lr must be positive, got {recipe.optim.lr}")
+    if recipe.schedule.name == "triangle" and (recipe.schedule.warmup <= 0 or recipe.schedule.warmup_mode != "linear"):
+        raise CnnTrainError(f"{where}: schedule.name = \"triangle\" needs schedule.warmup > 0 (the peak) "
+                            "and schedule.warmup_mode = \"linear\"")
     if recipe.schedule.name == "multistep" and not recipe.schedule.milestones:
         raise CnnTrainError(f"{where}: schedule.name = \"multistep\" needs schedule.milestones")
     if recipe.optim.batch_size % train.accumulate:

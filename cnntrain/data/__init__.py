@@ -105,7 +105,7 @@ def build_data(recipe: Recipe, data: str | None, *, train: bool = True, crops: i
     """Readers and transforms for a recipe. ``split`` picks what ``val`` holds for eval."""
     kind, root = detect(data, recipe)
     train_tf = TrainTransform(recipe.data, recipe.augment) if train else None
-    eval_tf = EvalTransform(recipe.data, crops, scales)
+    eval_tf = EvalTransform(recipe.data, crops, scales, flip=recipe.eval.flip)
     notes: list[str] = []
     if kind == "digits":
         split_data = load_digits_split()

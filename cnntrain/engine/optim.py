@@ -86,6 +86,10 @@ class LRSchedule:
         elif cfg.name == "cosine":
             progress = min(1.0, step / self.total_steps)
             lr = cfg.min_lr + (self.base_lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        elif cfg.name == "triangle":  # down from the warm-up's peak to min_lr at the last step
+            peak = cfg.warmup if cfg.unit == "iteration" else cfg.warmup * self.steps_per_epoch
+            progress = min(1.0, max(0.0, (step - peak) / max(1, self.total_steps - peak)))
+            lr = cfg.min_lr + (self.base_lr - cfg.min_lr) * (1 - progress)
         elif cfg.name == "poly":
             progress = min(1.0, step / self.total_steps)
             lr = cfg.min_lr + (self.base_lr - cfg.min_lr) * (1 - progress) ** cfg.power
