@@ -301,3 +301,17 @@ def test_kill_and_resume_with_mixup_randaugment_and_repeated_aug_is_bitwise_exac
     ref, cut = (load_checkpoint(tmp_path / d / "last.pt")["model"] for d in ("ref", "cut"))
     assert ref.keys() == cut.keys() and all(torch.equal(ref[k], cut[k]) for k in ref)
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 18
+
+
+@pytest.mark.cuda
+def test_cuda_fp16_mixing_clipping_and_repeated_aug_run(tmp_path, capsys):
+    """On a GPU: mixing on the device, clipping after the fp16 scaler's unscale, BCE."""
+    code, out, err = run_cli(["fit", "--recipe", "lenet5", "--workers", "0", "--no-progress", "--device", "cuda",
+                              "--out", tmp_path, "--set", "train.iterations=4", "--set", "train.amp=fp16",
+                              "--set", "augment.mixup=0.2", "--set", "augment.cutmix=1.0",
+                              "--set", "train.loss=bce", "--set", "train.clip_grad_norm=1.0",
+                              "--set", "train.repeated_aug=2", "--set", "optim.name=lamb",
+                              "--set", "optim.lr=0.001", "--set", "optim.norm_weight_decay=0.0"], capsys)
+    assert code == 0, err
+    weights = load_checkpoint(tmp_path / "last.pt")["model"]
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
