@@ -61,6 +61,13 @@ class DataSection:
     dataset: str = _choice("imagenet", *DATASETS)
     train_size: int = 224  # side of the square training crop, and of the evaluation crop
     eval_resize: int = 256  # shorter side before the centre crop at evaluation; 0 = none
+    eval_size: int = 0  # side of the evaluation crop; 0 = train_size (train low, test high: set it)
+    # Progressive resizing (FFCV): the training crop side rises linearly from
+    # progressive[0] to progressive[1] between epochs progressive_epochs[0] and [1]
+    # (0-based), rounded to a multiple of progressive_multiple; [] = off.
+    progressive: list[int] = field(default_factory=list)
+    progressive_epochs: list[int] = field(default_factory=list)
+    progressive_multiple: int = 32
     num_classes: int | None = None  # defaults to the data's class count
     workers: int | None = None  # loader processes; None picks from the cores and the dataset
     strict: bool = False  # stop at the first unreadable image instead of skipping it
@@ -81,23 +88,39 @@ class AugmentSection:
     color_jitter: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     hflip: bool = False
     pca_lighting: float = 0.0  # AlexNet's colour noise: std of the eigenvector weights
+    # Automatic augmentation policies (torchvision.transforms.v2), on uint8 in the workers
+    auto: str = _choice("none", "none", "randaugment", "trivialaugment", "autoaugment")
+    auto_ops: int = 2  # randaugment: N, operations per image
+    auto_magnitude: int = 9  # randaugment: M, magnitude (of 31 bins)
+    random_erasing: float = 0.0  # probability of erasing one random box (to the dataset mean)
+    # Batch mixing on the training device: Beta(alpha, alpha) for mixup / cutmix; 0 = off
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0  # probability that a batch is mixed at all
+    mix_switch_prob: float = 0.5  # with both on: probability of cutmix rather than mixup
 
 
 @dataclass
 class OptimSection:
-    name: str = _choice("sgd", "sgd", "adamw", "rmsprop")
+    name: str = _choice("sgd", "sgd", "adamw", "rmsprop", "lamb", "lars")
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
     batch_size: int = 128
     alpha: float = 0.99  # rmsprop: decay of the squared-gradient average (Inception-v4: 0.9)
-    eps: float = 1e-8  # rmsprop / adamw: denominator epsilon (Inception-v4's RMSProp: 1.0)
+    eps: float = 1e-8  # rmsprop / adamw / lamb: denominator epsilon (Inception-v4's RMSProp: 1.0)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw / lamb moment decays
+    trust_coefficient: float = 0.001  # lars: eta of the layer-wise rate (You et al. 2017)
+    # weight decay of normalisation-layer weights and of biases; None = weight_decay
+    norm_weight_decay: float | None = None
+    bias_weight_decay: float | None = None
 
 
 @dataclass
 class ScheduleSection:
-    name: str = _choice("constant", "constant", "step", "multistep", "plateau", "cosine", "poly")
+    # triangle: linear warm-up to the peak at `warmup`, then linear to min_lr at the end (FFCV)
+    name: str = _choice("constant", "constant", "step", "multistep", "plateau", "cosine", "poly", "triangle")
     unit: str = _choice("epoch", "epoch", "iteration")  # what step_size, milestones, warmup count
     step_size: int = 30
     milestones: list[int] = field(default_factory=list)
@@ -129,6 +152,11 @@ class TrainSection:
     dist_timeout: int = 1800  # seconds a process waits in a collective before the job fails
     aux_weight: float = 0.3  # weight of auxiliary-head losses (GoogLeNet: 0.3)
     ema_decay: float = 0.0  # Polyak/EMA averaging of weights for evaluation and best.pt; 0 = off
+    loss: str = _choice("ce", "ce", "bce")  # bce: binary cross-entropy on one-hot / mixed targets
+    clip_grad_norm: float = 0.0  # clip the global gradient norm to this (after fp16 unscaling); 0 = off
+    repeated_aug: int = 1  # K: each sample drawn K times (on different processes), epoch length kept
+    # knowledge distillation: {teachers = ["a/best.pt", ...], weight = 1.0, temperature = 1.0}
+    distill: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -137,6 +165,7 @@ class EvalSection:
     topk: int = 5
     crops: int = _choice(1, 1, 10)  # 10: four corners and centre, and their flips
     scales: list[int] = field(default_factory=list)  # test scales Q (shorter side); softmax averaged
+    flip: bool = False  # with crops = 1: also the mirrored view, softmax averaged (FFCV's test-time flip)
 
 
 SECTIONS: dict[str, type] = {
@@ -386,6 +415,9 @@ def _check_consistency(recipe: Recipe, where: str) -> None:
             raise CnnTrainError(f"{where}: {key} must be positive, got {value}")
     if recipe.optim.lr <= 0:
         raise CnnTrainError(f"{where}: optim.lr must be positive, got {recipe.optim.lr}")
+    if recipe.schedule.name == "triangle" and (recipe.schedule.warmup <= 0 or recipe.schedule.warmup_mode != "linear"):
+        raise CnnTrainError(f"{where}: schedule.name = \"triangle\" needs schedule.warmup > 0 (the peak) "
+                            "and schedule.warmup_mode = \"linear\"")
     if recipe.schedule.name == "multistep" and not recipe.schedule.milestones:
         raise CnnTrainError(f"{where}: schedule.name = \"multistep\" needs schedule.milestones")
     if recipe.optim.batch_size % train.accumulate:
@@ -403,10 +435,62 @@ def _check_consistency(recipe: Recipe, where: str) -> None:
                             f"each in [0, 1), got {recipe.augment.color_jitter}")
     if not 0 <= recipe.train.ema_decay < 1:
         raise CnnTrainError(f"{where}: train.ema_decay must be in [0, 1), got {recipe.train.ema_decay}")
-    if any(s < recipe.data.train_size for s in recipe.eval.scales):
+    if any(s < (recipe.data.eval_size or recipe.data.train_size) for s in recipe.eval.scales):
         raise CnnTrainError(f"{where}: eval.scales must each be at least data.train_size, got {recipe.eval.scales}")
     if recipe.eval.topk < 1:
         raise CnnTrainError(f"{where}: eval.topk must be at least 1")
+    _check_procedures(recipe, where)
+
+
+def _check_fraction(where: str, **values: float) -> None:
+    for key, value in values.items():
+        if not 0 <= value <= 1:
+            raise CnnTrainError(f"{where}: {key.replace('__', '.')} must be in [0, 1], got {value}")
+
+
+def _check_procedures(recipe: Recipe, where: str) -> None:
+    """The later papers' procedures (mixing, erasing, sizes, distillation)."""
+    aug, data, train = recipe.augment, recipe.data, recipe.train
+    _check_fraction(where, augment__random_erasing=aug.random_erasing, augment__mix_prob=aug.mix_prob,
+                    augment__mix_switch_prob=aug.mix_switch_prob)
+    for key, value in (("augment.mixup", aug.mixup), ("augment.cutmix", aug.cutmix),
+                       ("train.clip_grad_norm", train.clip_grad_norm), ("data.eval_size", data.eval_size)):
+        if value < 0:
+            raise CnnTrainError(f"{where}: {key} must be 0 (off) or positive, got {value}")
+    if not 0 <= aug.auto_magnitude <= 30 or aug.auto_ops < 1:
+        raise CnnTrainError(f"{where}: augment.auto_magnitude must be in [0, 30] and augment.auto_ops at "
+                            f"least 1, got {aug.auto_magnitude} and {aug.auto_ops}")
+    if train.repeated_aug < 1:
+        raise CnnTrainError(f"{where}: train.repeated_aug must be at least 1 (1 = off), got {train.repeated_aug}")
+    if len(recipe.optim.betas) != 2 or any(not 0 <= b < 1 for b in recipe.optim.betas):
+        raise CnnTrainError(f"{where}: optim.betas must be [beta1, beta2] in [0, 1), got {recipe.optim.betas}")
+    if data.progressive or data.progressive_epochs:
+        sizes, epochs = data.progressive, data.progressive_epochs
+        if len(sizes) != 2 or len(epochs) != 2 or min(sizes) < 1 or not 0 <= epochs[0] <= epochs[1]:
+            raise CnnTrainError(f"{where}: data.progressive = [start_size, end_size] and data.progressive_epochs "
+                                f"= [first, last] (0 <= first <= last) go together, got {sizes} and {epochs}")
+        if data.progressive_multiple < 1:
+            raise CnnTrainError(f"{where}: data.progressive_multiple must be at least 1")
+    if train.distill:
+        check_distill(train.distill, where)
+
+
+DISTILL_KEYS = {"teachers": list, "weight": float, "temperature": float}
+
+
+def check_distill(spec: dict[str, Any], where: str) -> None:
+    """``train.distill``: a non-empty list of checkpoint paths, a weight >= 0, a temperature > 0."""
+    for key, value in spec.items():
+        if key not in DISTILL_KEYS:
+            raise CnnTrainError(f"{where}: unknown key train.distill.{key}{did_you_mean(key, DISTILL_KEYS)}; "
+                                f"valid keys: {', '.join(DISTILL_KEYS)}")
+        if not _type_ok(value, list[str] if key == "teachers" else float):
+            raise CnnTrainError(f"{where}: train.distill.{key} must be "
+                                f"{'a list of checkpoint paths' if key == 'teachers' else 'a number'}, got {value!r}")
+    if not spec.get("teachers"):
+        raise CnnTrainError(f'{where}: train.distill needs teachers = ["path/to/best.pt", ...]')
+    if spec.get("weight", 1.0) < 0 or spec.get("temperature", 1.0) <= 0:
+        raise CnnTrainError(f"{where}: train.distill.weight must be >= 0 and train.distill.temperature > 0")
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | dict[str, Any] | None = None) -> Recipe:

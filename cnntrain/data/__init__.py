@@ -105,7 +105,7 @@ def build_data(recipe: Recipe, data: str | None, *, train: bool = True, crops: i
     """Readers and transforms for a recipe. ``split`` picks what ``val`` holds for eval."""
     kind, root = detect(data, recipe)
     train_tf = TrainTransform(recipe.data, recipe.augment) if train else None
-    eval_tf = EvalTransform(recipe.data, crops, scales)
+    eval_tf = EvalTransform(recipe.data, crops, scales, flip=recipe.eval.flip)
     notes: list[str] = []
     if kind == "digits":
         split_data = load_digits_split()
@@ -140,6 +140,8 @@ def build_data(recipe: Recipe, data: str | None, *, train: bool = True, crops: i
                          "(Debian: libjpeg62-turbo-dev) and reinstall cnntrain for faster loading")
         train_ds = ImageFolderDataset(found["train"], train_tf) if train else None
         val_ds = ImageFolderDataset(found[split], eval_tf)
+    if train_tf is not None:
+        train_tf.set_fill(tuple(round(m * 255) for m in mean))
     if train and train_ds is not None and len(train_ds) == 0:
         raise CnnTrainError(f"--data {data}: the training split holds no samples")
     return DataBundle(kind, str(root) if root else None, train_ds, val_ds, classes, channels,

@@ -87,12 +87,14 @@ def make_loader(dataset: Dataset, batch_size: int, *, workers: int, sampler=None
 
 
 def train_loader(dataset: Dataset, batch_size: int, rank: int, world: int, seed: int, workers: int,
-                 pin_memory: bool) -> DataLoader:
+                 pin_memory: bool, repeats: int = 1, persistent: bool = True) -> DataLoader:
     """Seeded, sharded, per-sample-seeded training loader; call its sampler's
-    ``set_epoch`` each epoch."""
-    sampler = EpochSampler(len(dataset), seed, rank=rank, world=world)
+    ``set_epoch`` each epoch. ``repeats``: repeated augmentation's K (see the sampler).
+    ``persistent=False`` starts the workers afresh each epoch, so they see a transform
+    changed between epochs (progressive resizing)."""
+    sampler = EpochSampler(len(dataset), seed, rank=rank, world=world, repeats=repeats)
     return make_loader(dataset, batch_size, workers=workers, sampler=sampler, pin_memory=pin_memory,
-                       persistent=True)
+                       persistent=persistent)
 
 
 def val_loader(dataset: Dataset, batch_size: int, rank: int, world: int, workers: int,

@@ -11,6 +11,14 @@ The datasets take such a key (``sample_key``) and draw the sample's random view 
 generator seeded with it, never from global RNG state. Evaluation shards are
 ``indices[rank::world]`` (``shard``): no padding, so every sample is counted once when
 the processes add up their counts.
+
+Repeated augmentation (``train.repeated_aug`` = K; Hoffer et al. 2020, Berman et al.
+2019, as DeiT's and torchvision's ``RASampler``): each permuted index is repeated K times
+in a row, each copy with its own augmentation seed, before the rank-strided sharding, so
+the K views of a sample land on K different processes (when there are at least K). An
+epoch keeps its length (``per_rank`` samples a process), so it covers about N / K
+distinct samples, each K times, as those samplers do; the positions are still a pure
+function of (seed, epoch), so mid-epoch resumes stay exact.
 """
 from __future__ import annotations
 
@@ -24,9 +32,10 @@ from torch.utils.data import Dataset, Sampler, Subset
 class EpochSampler(Sampler):
     """Yields ``(index, augmentation_seed)`` pairs for one rank's share of an epoch."""
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1,
+                 repeats: int = 1) -> None:
         self.size, self.seed, self.shuffle = size, seed, shuffle
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.repeats = rank, world, max(1, repeats)
         self.epoch, self.start = 0, 0
 
     @property
@@ -41,11 +50,15 @@ class EpochSampler(Sampler):
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         perm = torch.randperm(self.size, generator=gen) if self.shuffle else torch.arange(self.size)
         seeds = torch.randint(0, 2**62, (self.size,), generator=gen)
+        if self.repeats > 1:  # K copies in a row, each with a seed of its own
+            perm = perm.repeat_interleave(self.repeats)
+            seeds = torch.randint(0, 2**62, (perm.numel(),), generator=gen)
         total = self.per_rank * self.world
-        if total > self.size:  # pad by wrapping so every rank gets the same count
-            perm = torch.cat([perm, perm[: total - self.size]])
-            seeds = torch.cat([seeds, seeds[: total - self.size]])
-        return perm[self.rank::self.world], seeds[self.rank::self.world]
+        if total > perm.numel():  # pad by wrapping so every rank gets the same count
+            perm = torch.cat([perm, perm[: total - perm.numel()]])
+            seeds = torch.cat([seeds, seeds[: total - seeds.numel()]])
+        # with repeats, each rank keeps the first per_rank of its stride (the epoch's length)
+        return perm[self.rank::self.world][: self.per_rank], seeds[self.rank::self.world][: self.per_rank]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         perm, seeds = self.order()

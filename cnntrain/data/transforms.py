@@ -11,7 +11,8 @@ Training views (a crop policy per ``augment.crop``, the papers they follow, flip
 colour jitter) are in :mod:`cnntrain.data.views`, built from the helpers here.
 
 Evaluation: resize the shorter side to ``data.eval_resize`` (0: to ``train_size``), centre
-crop ``train_size``; with 10 crops, the four corners and centre and their mirror images.
+crop ``data.eval_size`` (0: ``train_size``; larger for train-low/test-high, Touvron et al.
+2019); with 10 crops, the four corners and centre and their mirror images.
 With ``eval.scales`` (Simonyan & Zisserman 2015 §3.2/4.2, multi-scale evaluation), the same
 views are taken at every test scale Q (shorter side resized to Q) and stacked, so the
 evaluator averages the softmax over all scales and crops (multi-crop, not dense).
@@ -154,17 +155,20 @@ class EvalTransform:
     """Deterministic evaluation view: one centre crop, or 10 crops stacked (10, C, H, W);
     with ``scales``, those views at every scale, stacked (len(scales) * crops, C, H, W)."""
 
-    def __init__(self, data: DataSection, crops: int = 1, scales: list[int] | None = None) -> None:
-        self.size = data.train_size
-        self.resize = data.eval_resize or data.train_size
+    def __init__(self, data: DataSection, crops: int = 1, scales: list[int] | None = None,
+                 flip: bool = False) -> None:
+        self.size = data.eval_size or data.train_size
+        self.resize = data.eval_resize or self.size
         self.crops = crops
         self.scales = list(scales or [])
+        self.flip = flip and crops == 1  # 10 crops hold the mirrors already
 
     def _views(self, img: torch.Tensor, side: int) -> list[torch.Tensor]:
         img = resize_shorter(img, max(side, self.size))
         if self.crops == 10:
             return list(TF.ten_crop(img, [self.size, self.size]))
-        return [center_crop(img, self.size).contiguous()]
+        view = center_crop(img, self.size).contiguous()
+        return [view, TF.horizontal_flip(view)] if self.flip else [view]
 
     def draw(self, h: int, w: int, generator: torch.Generator | None = None) -> tuple:
         """Nothing random: the empty view (the protocol of :class:`~cnntrain.data.views.TrainTransform`)."""
@@ -179,7 +183,7 @@ class EvalTransform:
     def support(self, view: tuple, hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
         """The part of the image one centre crop depends on (see views.TrainTransform.support);
         None for 10 crops or several scales, which need all of it."""
-        if self.crops != 1 or self.scales:
+        if self.crops != 1 or self.scales or self.flip:
             return None
         h, w = hw
         side = max(self.resize, self.size)
@@ -194,7 +198,7 @@ class EvalTransform:
         if self.scales:
             return torch.stack([v for s in self.scales for v in self._views(img, s)])
         views = self._views(img, self.resize)
-        return torch.stack(views) if self.crops == 10 else dense_like(views[0], source)
+        return torch.stack(views) if len(views) > 1 else dense_like(views[0], source)
 
     def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(img)

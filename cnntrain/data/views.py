@@ -15,16 +15,30 @@ Then a horizontal flip (``augment.hflip``) and photometric distortion
 (``augment.color_jitter``: brightness, contrast, saturation factors drawn uniformly from
 [1-x, 1+x], applied in a random order on uint8, as Szegedy et al. 2015 §6 / Howard 2013).
 
+After these, the later papers' per-image policies, from torchvision.transforms.v2 on the
+uint8 view (:class:`Policies`): ``augment.auto`` (RandAugment, Cubuk et al. 2020;
+TrivialAugment, Müller & Hutter 2021; AutoAugment's ImageNet policy, Cubuk et al. 2019)
+and ``augment.random_erasing`` (Zhong et al. 2020: one box, filled with the dataset's
+mean colour, which is 0 after normalisation, as torchvision's reference recipe erases
+after normalising). torchvision draws them from torch's global RNG; they run with it
+forked and seeded from the sample's own generator, so they stay a function of (seed,
+epoch, position) like the rest of the view.
+
+Progressive resizing (:func:`progressive_size`, FFCV's ResNet runs): the training side
+of an epoch, rising linearly between two epochs, set on the transform before the
+epoch's loader workers start (:meth:`TrainTransform.set_size`).
+
 A view's random draws need only the image size and come out as a :class:`View`, so a
 JPEG reader can draw it from the header and decode just what the view needs
 (:func:`cnntrain.data.folder.decode_view`). Draws come in a fixed order: the crop's, then
-the flip's, then the colour jitter's.
+the flip's, then the colour jitter's, then the policies' seed.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
 import torch
+import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 
 from cnntrain.data.fastjpeg import dense_like
@@ -40,7 +54,7 @@ class View:
     ``top`` and ``left`` place the crop: in the source image for ``resized``, whose box is
     ``height`` x ``width`` source pixels; otherwise in the image resized to shorter side
     ``side`` (``random``, ``scale_jitter``) or padded (``pad``). ``jitter`` is the (order,
-    factors) of :func:`color_jitter`, or None."""
+    factors) of :func:`color_jitter`, or None; ``policy_seed`` seeds :class:`Policies`."""
 
     top: int = 0
     left: int = 0
@@ -49,6 +63,7 @@ class View:
     side: int = 0
     flip: bool = False
     jitter: tuple[tuple[int, ...], tuple[float, ...]] | None = None
+    policy_seed: int | None = None
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -159,6 +174,44 @@ class ResizedCrop(NoCrop):
         return TF.resized_crop(img, top, left, h, w, [self.size, self.size], antialias=True)
 
 
+class Policies:
+    """``augment.auto`` and ``augment.random_erasing`` on a uint8 (C, H, W) view, as
+    torchvision's v2 transforms do them (bilinear interpolation, as torchvision's
+    reference recipe passes), with torch's global RNG forked and seeded per sample."""
+
+    def __init__(self, aug: AugmentSection, fill: tuple[int, ...] | None = None) -> None:
+        bilinear = T.InterpolationMode.BILINEAR
+        steps: list[T.Transform] = []
+        if aug.auto == "randaugment":
+            steps.append(T.RandAugment(aug.auto_ops, aug.auto_magnitude, interpolation=bilinear))
+        elif aug.auto == "trivialaugment":
+            steps.append(T.TrivialAugmentWide(interpolation=bilinear))
+        elif aug.auto == "autoaugment":
+            steps.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET, interpolation=bilinear))
+        if aug.random_erasing > 0:
+            steps.append(T.RandomErasing(aug.random_erasing, value=list(fill) if fill else 0))
+        self.transform = T.Compose(steps) if steps else None
+
+    def __call__(self, img: torch.Tensor, seed: int | None) -> torch.Tensor:
+        if seed is None:
+            return self.transform(img)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(img)
+
+
+def progressive_size(data: DataSection, epoch: int) -> int:
+    """The training side of 0-based ``epoch``: ``data.progressive`` [start, end] reached
+    linearly between ``data.progressive_epochs`` [first, last], rounded to a multiple of
+    ``data.progressive_multiple`` (FFCV's ``get_resolution``); ``train_size`` when off."""
+    if not data.progressive:
+        return data.train_size
+    (lo, hi), (first, last) = data.progressive, data.progressive_epochs
+    frac = 1.0 if epoch >= last else max(0.0, (epoch - first) / max(1, last - first))
+    step = data.progressive_multiple
+    return max(step, int(round((lo + frac * (hi - lo)) / step)) * step)
+
+
 CROPS: dict[str, type[NoCrop]] = {
     "none": NoCrop, "pad": PadCrop, "random": RandomCrop, "resized": ResizedCrop, "scale_jitter": ScaleJitterCrop,
 }
@@ -175,21 +228,33 @@ class TrainTransform:
     optional generator, so a sample's view can be a function of (seed, epoch, index).
     """
 
-    def __init__(self, data: DataSection, augment: AugmentSection) -> None:
+    def __init__(self, data: DataSection, augment: AugmentSection, fill: tuple[int, ...] | None = None) -> None:
         self.size = data.train_size
         self.eval_resize = data.eval_resize or data.train_size
         self.aug = augment
         self.crop = CROPS[augment.crop](self.size, self.eval_resize, augment)
+        self.policies = Policies(augment, fill)
+
+    def set_fill(self, fill: tuple[int, ...]) -> None:
+        """Erase to ``fill`` (the dataset's mean colour, known once the data is read)."""
+        self.policies = Policies(self.aug, fill)
+
+    def set_size(self, size: int) -> None:
+        """Train at ``size`` from now on (progressive resizing; before the loader's workers start)."""
+        self.size = self.crop.size = size
 
     def draw(self, h: int, w: int, generator: torch.Generator | None = None) -> View:
-        """The crop's draws, then the flip's, then the colour jitter's (in that order)."""
+        """The crop's draws, then the flip's, the colour jitter's, the policies' seed (in that order)."""
         view = self.crop.draw(h, w, generator)
         flip = bool(self.aug.hflip and torch.rand((), generator=generator) < 0.5)
         jitter = None
         if any(self.aug.color_jitter):
             order, factors = draw_color_jitter(self.aug.color_jitter, generator)
             jitter = (tuple(order), tuple(factors))
-        return replace(view, flip=flip, jitter=jitter)
+        seed = None
+        if self.policies.transform is not None and generator is not None:
+            seed = int(torch.randint(0, 2**62, (), generator=generator))
+        return replace(view, flip=flip, jitter=jitter, policy_seed=seed)
 
     def max_reduction(self, h: int, w: int, view: View) -> float:
         """How many times smaller than (h, w) the image may be decoded for this view
@@ -221,6 +286,8 @@ class TrainTransform:
             out = TF.horizontal_flip(out)
         if view.jitter is not None:
             out = color_jitter(out, *view.jitter)
+        if self.policies.transform is not None:
+            out = self.policies(out, view.policy_seed)
         return dense_like(out, img)
 
     def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

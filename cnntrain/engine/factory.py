@@ -18,9 +18,11 @@ from cnntrain.engine import distributed
 from cnntrain.engine.checkpoint import unwrap
 from cnntrain.engine.device import Precision, choose_precision
 from cnntrain.engine.ema import WeightAverage, make_average
+from cnntrain.engine.losses import Teachers
+from cnntrain.engine.mixing import BatchMix
 from cnntrain.engine.modelbuild import model_from_recipe
 from cnntrain.engine.optim import build_optimizer
-from cnntrain.engine.step import FitStep
+from cnntrain.engine.step import FitStep, StepExtras
 from cnntrain.recipe import Recipe
 
 
@@ -60,9 +62,18 @@ def batch_prep(recipe: Recipe, device: torch.device, mean: tuple[float, ...], st
     return BatchPrep(mean, std, device, precision.channels_last, recipe.augment.pca_lighting)
 
 
+def step_extras(recipe: Recipe, device: torch.device, classes: list[str] | int, mean: tuple[float, ...],
+                std: tuple[float, ...], rank: int = 0) -> StepExtras:
+    """The recipe's mixing, loss, distillation teachers and clipping."""
+    num_classes = len(classes) if isinstance(classes, list) else classes
+    mix = BatchMix(recipe.augment, num_classes, recipe.train.seed, rank)
+    teachers = Teachers(recipe.train.distill, classes, mean, std, device) if recipe.train.distill else None
+    return StepExtras(mix if mix.enabled else None, recipe.train.loss, teachers, recipe.train.clip_grad_norm)
+
+
 def build_run(recipe: Recipe, device: torch.device, *, num_classes: int, channels: int,
               mean: tuple[float, ...], std: tuple[float, ...], env: distributed.DistEnv = distributed.SINGLE,
-              strategy: str = "ddp", compile_model: bool = False) -> RunParts:
+              strategy: str = "ddp", compile_model: bool = False, classes: list[str] | None = None) -> RunParts:
     """Every part of a training step for ``recipe`` on ``device``. The caller seeds the
     RNGs first (the model's initial weights come from them)."""
     precision = choose_precision(device, recipe.train.amp, recipe.train.channels_last)
@@ -80,5 +91,6 @@ def build_run(recipe: Recipe, device: torch.device, *, num_classes: int, channel
     fit_step = FitStep(step_model, optimizer, scaler, prep, precision, device,
                        label_smoothing=recipe.train.label_smoothing, accumulate=recipe.train.accumulate,
                        aux_weight=recipe.train.aux_weight, env=env, ema=ema,
-                       seed=recipe.train.seed)
+                       seed=recipe.train.seed,
+                       extras=step_extras(recipe, device, classes or num_classes, mean, std, env.rank))
     return RunParts(model, optimizer, scaler, precision, ema, prep, fit_step)

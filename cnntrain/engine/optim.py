@@ -6,6 +6,12 @@ state (so resuming restores it exactly). Schedules count in epochs or iterations
 (``schedule.unit``), so CIFAR recipes can say "divide by 10 at 32k and 48k iterations"
 as He et al. did; ``plateau`` divides when validation top-1 stops improving, as
 Krizhevsky et al. and He et al. did on ImageNet.
+
+Weight decay comes in up to three groups: normalisation-layer weights
+(``optim.norm_weight_decay``), biases (``optim.bias_weight_decay``) and the rest
+(``optim.weight_decay``); Bag of Tricks (He et al. 2019 §3.1, "no bias decay") and
+torchvision's 2021 recipe (``norm_weight_decay = 0``) exempt the first two.
+LARS and LAMB are in :mod:`~cnntrain.engine.large_batch`.
 """
 from __future__ import annotations
 
@@ -14,20 +20,43 @@ import math
 import torch
 from torch import nn
 
+from cnntrain.engine.large_batch import LAMB, LARS
 from cnntrain.recipe import OptimSection, ScheduleSection
 
+NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)  # noqa: SLF001
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+
+def param_groups(model: nn.Module, weight_decay: float, norm_decay: float | None = None,
+                 bias_decay: float | None = None) -> list[dict]:
+    """The trainable parameters in groups by weight decay: norm-layer weights (and their
+    biases), other biases, the rest. One group when the decays are all the same."""
+    norm_decay = weight_decay if norm_decay is None else norm_decay
+    bias_decay = weight_decay if bias_decay is None else bias_decay
+    buckets: dict[str, list] = {"norm": [], "bias": [], "other": []}
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            # a norm layer's bias counts as a bias (Bag of Tricks: "biases and beta and gamma")
+            kind = "bias" if name == "bias" else "norm" if isinstance(module, NORMS) else "other"
+            buckets[kind].append(p)
+    decays = {"norm": norm_decay, "bias": bias_decay, "other": weight_decay}
+    if len(set(decays.values())) == 1:
+        return [{"params": [p for ps in buckets.values() for p in ps], "weight_decay": weight_decay}]
+    return [{"params": ps, "weight_decay": decays[k]} for k, ps in buckets.items() if ps]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimSection) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.norm_weight_decay, cfg.bias_weight_decay)
+    if cfg.name == "lars":
+        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
+    if cfg.name == "lamb":
+        return LAMB(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.name == "rmsprop":
         return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
 class LRSchedule:
@@ -57,6 +86,10 @@ class LRSchedule:
         elif cfg.name == "cosine":
             progress = min(1.0, step / self.total_steps)
             lr = cfg.min_lr + (self.base_lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        elif cfg.name == "triangle":  # down from the warm-up's peak to min_lr at the last step
+            peak = cfg.warmup if cfg.unit == "iteration" else cfg.warmup * self.steps_per_epoch
+            progress = min(1.0, max(0.0, (step - peak) / max(1, self.total_steps - peak)))
+            lr = cfg.min_lr + (self.base_lr - cfg.min_lr) * (1 - progress)
         elif cfg.name == "poly":
             progress = min(1.0, step / self.total_steps)
             lr = cfg.min_lr + (self.base_lr - cfg.min_lr) * (1 - progress) ** cfg.power

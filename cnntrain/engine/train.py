@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from cnntrain.data import DataBundle, build_data, default_workers, train_loader, val_loader
+from cnntrain.data.views import progressive_size
 from cnntrain.engine import distributed, factory
 from cnntrain.engine.checkpoint import model_meta
 from cnntrain.engine.device import ahead_to_device, seed_everything
@@ -56,13 +57,15 @@ class Trainer:
         self._check_classes()
         d = self.data
         self.parts = factory.build_run(recipe, self.device, num_classes=d.num_classes, channels=d.channels,
-                                       mean=d.mean, std=d.std, env=self.env, strategy=opts.strategy)
+                                       mean=d.mean, std=d.std, env=self.env, strategy=opts.strategy,
+                                       classes=d.classes)
         self.model, self.optimizer, self.fit_step = self.parts.model, self.parts.optimizer, self.parts.fit_step
         workers = opts.workers if opts.workers is not None else recipe.data.workers
         workers = default_workers(d.kind, self.env.local_world) if workers is None else workers
         pin, env = self.device.type == "cuda", self.env
         self.batch = distributed.per_process_batch(recipe.optim.batch_size, env, recipe.train.accumulate)
-        self.train_loader = train_loader(d.train, self.batch, env.rank, env.world, recipe.train.seed, workers, pin)
+        self.train_loader = train_loader(d.train, self.batch, env.rank, env.world, recipe.train.seed, workers, pin,
+                                         repeats=recipe.train.repeated_aug, persistent=not recipe.data.progressive)
         self.sampler = self.train_loader.sampler
         eval_batch = max(1, (recipe.eval.batch_size or recipe.optim.batch_size) // env.world)
         self.val_loader = (val_loader(d.val, eval_batch, env.rank, env.world, workers, pin)
@@ -171,6 +174,8 @@ class Trainer:
         if p.epoch_step == 0:
             p.meter = Meter((1,))
         self.sampler.set_epoch(p.epoch, p.epoch_step * self.batch)
+        if self.recipe.data.progressive:  # before the epoch's workers start (not persistent then)
+            self.data.train.transform.set_size(progressive_size(self.recipe.data, p.epoch))
         distributed.reseed_rank(self.env, self.recipe.train.seed, p.epoch, p.epoch_step)
         bar = tqdm(ahead_to_device(self.train_loader, self.device), desc=f"epoch {p.epoch + 1}/{self.epochs}",
                    leave=False, initial=p.epoch_step, total=self.steps_per_epoch,

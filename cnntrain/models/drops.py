@@ -1,5 +1,5 @@
 """The draws that decide which blocks (stochastic depth) or paths (FractalNet's
-drop-path) a model skips in a training step.
+drop-path) a model skips in a training step, and per-sample drop-path (:class:`DropPath`).
 
 They come from one CPU generator of their own, not from torch's global RNG, and the
 engine reseeds it before every step from (seed, step) (:func:`reseed`). So every DDP
@@ -11,6 +11,7 @@ and a draw costs no device synchronisation.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 _GENERATOR = torch.Generator()
 _GENERATOR.manual_seed(0)
@@ -43,3 +44,26 @@ class SkipsParameters:
 
 def skips_parameters(model: torch.nn.Module) -> bool:
     return any(getattr(m, "skips_parameters", False) for m in model.modules())
+
+
+class DropPath(nn.Module):
+    """Per-sample stochastic depth on a residual branch, as timm's ``drop_path`` that
+    "ResNet strikes back" trains with (``model.options.drop_path``): in training each
+    sample's branch is zeroed with probability ``p`` and the survivors scaled by
+    1 / (1 - p); the identity at evaluation. Every sample has its own draw, so every
+    block runs (no unused parameters under DDP); the draws come from torch's RNG on the
+    branch's device, which the run's checkpoint and per-rank seeding already cover."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p <= 0:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device, dtype=x.dtype).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:.3f}"
