@@ -51,6 +51,9 @@ class ModelSection:
     arch: str = ""
     dropout: float | None = None
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the builder
+    # starting weights: a checkpoint, a .pth/.pt state dict, a .safetensors file, or
+    # "torchvision:WEIGHTS" (e.g. "torchvision:IMAGENET1K_V1"); "" = the paper's random init
+    init: str = ""
 
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "imagenet")
@@ -66,6 +69,9 @@ class DataSection:
     strict: bool = False  # stop at the first unreadable image instead of skipping it
     synthetic_train_samples: int = 256
     synthetic_val_samples: int = 64
+    # ImageNet's flat val/ folder read in place: LOC_val_solution.csv or the devkit's
+    # data/ILSVRC2012_validation_ground_truth.txt (see `cnntrain data imagenet-val`)
+    val_labels: str = ""
 
 
 @dataclass
@@ -93,6 +99,8 @@ class OptimSection:
     batch_size: int = 128
     alpha: float = 0.99  # rmsprop: decay of the squared-gradient average (Inception-v4: 0.9)
     eps: float = 1e-8  # rmsprop / adamw: denominator epsilon (Inception-v4's RMSProp: 1.0)
+    # learning-rate multipliers by module-name prefix, e.g. { fc = 10.0 } (longest prefix wins)
+    lr_mult: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -129,6 +137,9 @@ class TrainSection:
     dist_timeout: int = 1800  # seconds a process waits in a collective before the job fails
     aux_weight: float = 0.3  # weight of auxiliary-head losses (GoogLeNet: 0.3)
     ema_decay: float = 0.0  # Polyak/EMA averaging of weights for evaluation and best.pt; 0 = off
+    # module-name prefixes left untouched by training (their BatchNorm statistics too), or
+    # ["backbone"] for everything but the classifier
+    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -407,6 +418,9 @@ def _check_consistency(recipe: Recipe, where: str) -> None:
         raise CnnTrainError(f"{where}: eval.scales must each be at least data.train_size, got {recipe.eval.scales}")
     if recipe.eval.topk < 1:
         raise CnnTrainError(f"{where}: eval.topk must be at least 1")
+    bad_mult = {k: v for k, v in recipe.optim.lr_mult.items() if v < 0}
+    if bad_mult:
+        raise CnnTrainError(f"{where}: optim.lr_mult values must be >= 0, got {bad_mult}")
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | dict[str, Any] | None = None) -> Recipe:

@@ -6,6 +6,10 @@ state (so resuming restores it exactly). Schedules count in epochs or iterations
 (``schedule.unit``), so CIFAR recipes can say "divide by 10 at 32k and 48k iterations"
 as He et al. did; ``plateau`` divides when validation top-1 stops improving, as
 Krizhevsky et al. and He et al. did on ImageNet.
+
+Fine-tuning (``optim.lr_mult``): parameters are grouped by the longest module-name
+prefix that names them, and each group runs at the scheduled rate times its multiplier
+(a new classifier at 10x the pretrained body's rate is the usual choice).
 """
 from __future__ import annotations
 
@@ -14,15 +18,41 @@ import math
 import torch
 from torch import nn
 
+from cnntrain.engine.checkpoint import unwrap
+from cnntrain.errors import CnnTrainError, did_you_mean
 from cnntrain.recipe import OptimSection, ScheduleSection
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+def _prefix_of(name: str, prefixes: list[str]) -> str | None:
+    """The longest prefix naming ``name`` at a module boundary (``fc`` names ``fc.weight``
+    but not ``fc2.weight``)."""
+    hits = [p for p in prefixes if name == p or name.startswith(p + ".")]
+    return max(hits, key=len) if hits else None
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr_mult: dict[str, float] | None = None) -> list[dict]:
+    """The trainable parameters, one group per ``lr_mult`` prefix that names some (each
+    with its ``lr_mult``), then the rest at 1x. A prefix naming no trainable parameter
+    is an error: a typo would otherwise train the head at the body's rate unnoticed."""
+    lr_mult = dict(lr_mult or {})
+    named = [(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad]
+    buckets: dict[str | None, list] = {None: [], **{k: [] for k in lr_mult}}
+    for name, param in named:
+        buckets[_prefix_of(name, list(lr_mult))].append(param)
+    empty = [k for k in lr_mult if not buckets[k]]
+    if empty:
+        modules = sorted({n.split(".")[0] for n, _ in named})
+        raise CnnTrainError(f"optim.lr_mult: {empty[0]!r} names no trainable parameter"
+                            f"{did_you_mean(empty[0], modules)}; top-level modules: {', '.join(modules)}")
+    groups = [{"params": ps, "weight_decay": weight_decay, "lr_mult": lr_mult[k]} for k, ps in buckets.items()
+              if k is not None]
+    if buckets[None]:
+        groups.append({"params": buckets[None], "weight_decay": weight_decay, "lr_mult": 1.0})
+    return groups
 
 
 def build_optimizer(model: nn.Module, cfg: OptimSection) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr_mult)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.name == "rmsprop":
@@ -87,7 +117,7 @@ class LRSchedule:
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         lr = self.lr_at(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         return lr
 
     def state_dict(self) -> dict:
