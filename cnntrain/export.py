@@ -15,6 +15,7 @@ maximum absolute difference is printed, and one beyond float tolerance is an err
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -45,6 +46,9 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise CnnTrainError(f"--format {self.format!r}: use one of {', '.join(FORMATS)}")
+        if self.format == "exported" and Path(self.out).suffix != ".pt2":
+            raise CnnTrainError(f"--out {self.out}: a torch.export program is a .pt2 file (torch.export.load "
+                                "reads no other name); e.g. --out model.pt2")
 
 
 class MainOutput(nn.Module):
@@ -93,8 +97,12 @@ def _torchvision(src: Source, out: Path) -> Runner:
 
 
 def _torchscript(src: Source, out: Path) -> Runner:
-    torch.jit.trace(MainOutput(src.model).eval(), src.example).save(str(out))
-    return torch.jit.load(str(out))
+    # TorchScript is deprecated in torch >= 2.9 but still what C++/mobile runtimes load; the
+    # user asked for it by name, so torch's FutureWarning would only repeat the README.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.trace(MainOutput(src.model).eval(), src.example).save(str(out))
+        return torch.jit.load(str(out))
 
 
 def _dynamic_batch() -> tuple[dict[int, Any]]:
