@@ -175,3 +175,14 @@ def test_init_from_other_real_images_beats_scratch(tmp_path, capsys):
     init, scratch = results["init"], results["scratch"]
     assert init["val_top1"] > scratch["val_top1"]
     assert init["val_loss"] < 0.5 * scratch["val_loss"], (init, scratch)
+
+
+def test_finetune_recipes_report_their_starting_weights_metrics():
+    import torchvision
+
+    for recipe, arch in (("finetune-resnet18", "resnet18"), ("finetune-resnet50", "resnet50")):
+        r = load_recipe(recipe)
+        assert (r.model.arch, r.model.init, r.optim.lr_mult) == (arch, "torchvision:IMAGENET1K_V1", {"fc": 10.0})
+        metrics = torchvision.models.get_model_weights(arch)["IMAGENET1K_V1"].meta["_metrics"]["ImageNet-1K"]
+        assert r.paper.reported["start_top1_err"] == pytest.approx(100 - metrics["acc@1"])
+        assert r.paper.reported["start_top5_err"] == pytest.approx(100 - metrics["acc@5"])
