@@ -6,7 +6,6 @@ import csv
 import json
 from pathlib import Path
 
-import onnx
 import pytest
 import safetensors
 import torch
@@ -87,6 +86,7 @@ def test_export_round_trips(tmp_path, lenet_run, capsys, fmt, suffix):
         assert meta["arch"] == "lenet5" and json.loads(meta["classes"]) == ["cat", "dog", "fox"]
         assert meta["input_size"] == "32" and len(json.loads(meta["mean"])) == 3 and meta["recipe"] == "lenet5"
     if fmt == "onnx":
+        onnx = pytest.importorskip("onnx")  # in the test extra; a bare GPU box may lack it
         model = onnx.load(str(out))
         assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
         assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch
@@ -108,3 +108,15 @@ def test_export_torchvision_state_dict_and_refusals(tmp_path, folder_root, lenet
                            (["--format", "keras", "--out", tmp_path / "l.k"], "use one of safetensors")):
         code, _, err = run_cli(["export", ckpt, *args], capsys)
         assert code == 2 and fragment in err and "Traceback" not in err
+
+
+@pytest.mark.cuda
+def test_predict_equals_eval_on_cuda(tmp_path, lenet_run, capsys):
+    ckpt, root = lenet_run
+    code, _, err = run_cli(["eval", ckpt, "--data", root, "--device", "cuda", "--json", tmp_path / "e.json"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["predict", ckpt, root / "val", "--device", "cuda", "--json", tmp_path / "p.json"], capsys)
+    assert code == 0, err
+    rows = json.loads((tmp_path / "p.json").read_text())["predictions"]
+    hits = sum(r["top"][0]["class"] == Path(r["path"]).parent.name for r in rows)
+    assert 100.0 * hits / len(rows) == pytest.approx(json.loads((tmp_path / "e.json").read_text())["top1"])
