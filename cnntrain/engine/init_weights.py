@@ -16,6 +16,7 @@ architecture's, and is an error naming both rather than a silent random start.
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from cnntrain.models.torchvision_names import torchvision_name
 
 MIN_FILLED = 0.5  # below this share of the model's tensors, the file is another architecture's
 NESTED_KEYS = ("state_dict", "model", "model_state", "state_dict_ema")  # where trainers nest weights
+# torchvision's DenseNet files keep the old names "norm.1" for "norm1" (as its own loader says)
+OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
 def read_weights(spec: str, arch: str) -> tuple[dict[str, torch.Tensor], str | None]:
@@ -96,7 +99,10 @@ def torchvision_weights(name: str, arch: str) -> dict[str, torch.Tensor]:
                 f"--init torchvision:{weights.name}: {target.name} is not in {target.parent} and could not be "
                 f"downloaded ({type(exc).__name__}); fetch {weights.url} and put it at {target}"
             ) from None
-    return _torch_load(target)
+    state = _torch_load(target)
+    if tv_name.startswith("densenet"):
+        state = {(m.group(1) + m.group(2) if (m := OLD_DENSENET_KEY.match(k)) else k): v for k, v in state.items()}
+    return state
 
 
 def init_from(model: nn.Module, spec: str, arch: str) -> str:
@@ -109,6 +115,9 @@ def init_from(model: nn.Module, spec: str, arch: str) -> str:
     ignored = [k for k in state if k not in own]
     if len(loaded) < MIN_FILLED * len(own):
         theirs = src_arch or guess_arch(state) or "an architecture cnntrain does not know"
+        if theirs == arch:  # same name, other shapes: the recipe's model options differ from the file's
+            raise CnnTrainError(f"--init {spec}: only {len(loaded)} of {len(own)} tensors fit this {arch} by name "
+                                f"and shape; check model.options against the model the file was saved from")
         raise CnnTrainError(
             f"--init {spec}: its weights are {theirs}'s, not {arch}'s (only {len(loaded)} of {len(own)} tensors "
             f"match by name and shape); use weights of {arch}, or set model.arch to the file's architecture"
