@@ -56,6 +56,8 @@ def fit(
                                         "OUT/seed1 ... (`cnntrain runs` shows their mean and spread)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="'auto' (OUT/last.pt if present) or a checkpoint path."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the tqdm bar."),
+    init: Optional[str] = typer.Option(None, "--init", help="Start from weights: a .pth/.pt/.safetensors file, a "
+                                       "checkpoint, or torchvision:WEIGHTS (sets model.init)."),
 ) -> None:
     """Train a recipe; writes recipe.toml, last.pt, best.pt, metrics.jsonl and TensorBoard logs.
 
@@ -77,6 +79,8 @@ def fit(
         overrides.append(f"train.seed={seed}")
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
+    if init is not None:
+        overrides.append(f"model.init={json.dumps(init)}")  # a TOML string, whatever the path holds
     if seeds is not None and seed is not None:
         raise CnnTrainError("--seed and --seeds: give one of them")
     for one_seed in parse_seeds(seeds) if seeds is not None else [None]:
@@ -351,6 +355,88 @@ def bench_make_jpegs(
     except ValueError:
         raise CnnTrainError(f"--size {size!r}: expected WIDTHxHEIGHT, e.g. 500x375") from None
     make_jpegs(out, count, classes, val, (w, h), quality, seed)
+
+
+# ------------------------------------------------------------------ fine-tuning: predict, export, data
+# (bodies in engine/predict.py, export.py, data/check.py and data/imagenet_val.py)
+
+
+@app.command()
+def predict(
+    checkpoint: str = typer.Argument(..., help="A best.pt or last.pt."),
+    paths: List[str] = typer.Argument(..., help="Images and/or folders (searched recursively)."),
+    with_: List[str] = typer.Option([], "--with", help="Another checkpoint whose probabilities are averaged in "
+                                    "(repeatable)."),
+    topk: int = typer.Option(5, "--topk", help="Classes shown per image."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write every prediction to this file."),
+    csv_out: Optional[str] = typer.Option(None, "--csv", help="Write path, class1, prob1, ... to this file."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    device: str = typer.Option("auto", "--device"),
+    workers: int = typer.Option(0, "--workers"),
+) -> None:
+    """Label images: top-K classes with probabilities, through the checkpoint's evaluation view.
+    Exit status 1 when some files could not be read (each is reported on its line)."""
+    from cnntrain.engine.predict import PredictOptions, predict as run, write_csv
+
+    result = run(PredictOptions(checkpoint=checkpoint, paths=list(paths), others=list(with_), topk=topk,
+                                batch_size=batch_size, device=device, workers=workers))
+    write_json(result, json_out)
+    if csv_out:
+        write_csv(result, csv_out)
+    if result["unreadable"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    checkpoint: str = typer.Argument(..., help="A best.pt or last.pt."),
+    format_: str = typer.Option(..., "--format", help="safetensors, torchvision, torchscript, exported or onnx."),
+    out: Path = typer.Option(..., "--out", help="The file to write."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write the check's result to this file."),
+) -> None:
+    """Write the model in a format other tools read; reloads it and checks its outputs."""
+    from cnntrain.export import ExportOptions, export as run
+
+    write_json(run(ExportOptions(checkpoint=checkpoint, format=format_, out=out)), json_out)
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Check a dataset, or arrange ImageNet's flat validation folder.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check(
+    root: Path = typer.Argument(..., help="An ImageNet-style root: train/CLASS/IMAGE, val/CLASS/IMAGE."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write counts, sizes and problems to this file."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Classes and counts per split, missing/empty classes, unreadable or zero-byte files,
+    train/val duplicates, image sizes. Exit 0 when clean, 1 when it found problems."""
+    from cnntrain.data.check import check_root, print_report
+
+    result = check_root(root, progress)
+    print_report(result)
+    write_json(result, json_out)
+    if result["problems"]:
+        raise typer.Exit(1)
+
+
+@data_app.command("imagenet-val")
+def data_imagenet_val(
+    val_dir: Path = typer.Argument(..., help="The flat folder of ILSVRC2012_val_*.JPEG files."),
+    labels: str = typer.Option(..., "--labels", help="LOC_val_solution.csv, or the devkit's "
+                               "data/ILSVRC2012_validation_ground_truth.txt (with data/meta.mat beside it)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where the class folders go (default: VAL_DIR itself)."),
+) -> None:
+    """Hard-link ImageNet's flat validation images into class folders (OUT/WNID/*.JPEG)."""
+    from cnntrain.data.imagenet_val import arrange
+
+    target = out or val_dir
+    r = arrange(val_dir, labels, target)
+    typer.echo(f"{target}: {r.linked} linked, {r.copied} copied (another file system), {r.present} already there; "
+               f"{len(r.missing)} labelled but absent, {len(r.unlabelled)} without a label")
+    if r.missing:
+        typer.echo(f"absent: {', '.join(r.missing[:5])}{' ...' if len(r.missing) > 5 else ''}")
 
 
 def _record_for_torchrun(exc: BaseException) -> None:

@@ -51,6 +51,9 @@ class ModelSection:
     arch: str = ""
     dropout: float | None = None
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the builder
+    # starting weights: a checkpoint, a .pth/.pt state dict, a .safetensors file, or
+    # "torchvision:WEIGHTS" (e.g. "torchvision:IMAGENET1K_V1"); "" = the paper's random init
+    init: str = ""
 
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "imagenet")
@@ -73,6 +76,9 @@ class DataSection:
     strict: bool = False  # stop at the first unreadable image instead of skipping it
     synthetic_train_samples: int = 256
     synthetic_val_samples: int = 64
+    # ImageNet's flat val/ folder read in place: LOC_val_solution.csv or the devkit's
+    # data/ILSVRC2012_validation_ground_truth.txt (see `cnntrain data imagenet-val`)
+    val_labels: str = ""
 
 
 @dataclass
@@ -115,6 +121,8 @@ class OptimSection:
     # weight decay of normalisation-layer weights and of biases; None = weight_decay
     norm_weight_decay: float | None = None
     bias_weight_decay: float | None = None
+    # learning-rate multipliers by module-name prefix, e.g. { fc = 10.0 } (longest prefix wins)
+    lr_mult: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,6 +165,9 @@ class TrainSection:
     repeated_aug: int = 1  # K: each sample drawn K times (on different processes), epoch length kept
     # knowledge distillation: {teachers = ["a/best.pt", ...], weight = 1.0, temperature = 1.0}
     distill: dict[str, Any] = field(default_factory=dict)
+    # module-name prefixes left untouched by training (their BatchNorm statistics too), or
+    # ["backbone"] for everything but the classifier
+    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -440,6 +451,9 @@ def _check_consistency(recipe: Recipe, where: str) -> None:
     if recipe.eval.topk < 1:
         raise CnnTrainError(f"{where}: eval.topk must be at least 1")
     _check_procedures(recipe, where)
+    bad_mult = {k: v for k, v in recipe.optim.lr_mult.items() if v < 0}
+    if bad_mult:
+        raise CnnTrainError(f"{where}: optim.lr_mult values must be >= 0, got {bad_mult}")
 
 
 def _check_fraction(where: str, **values: float) -> None:

@@ -15,7 +15,7 @@ from cnntrain.engine import distributed
 from cnntrain.engine.dataparallel import AutocastForward
 from cnntrain.engine.device import Precision, auto_amp_dtype, choose_precision
 from cnntrain.engine.ema import WeightAverage
-from cnntrain.engine.evaluate import _load_member, evaluate, fp32_head
+from cnntrain.engine.evaluate import load_member, evaluate, fp32_head
 from cnntrain.engine.factory import GlobalMeanPool, deterministic_pools
 from cnntrain.engine.options import FitOptions
 from cnntrain.engine.runstate import load_scaler_state
@@ -194,7 +194,7 @@ def test_eval_follows_the_recipes_memory_format_and_computes_logits_in_fp32(tmp_
         code = cli("fit", "--recipe", "lenet5", "--out", str(out), "--device", "cpu", "--no-progress",
                    "--set", "train.iterations=1", "--set", f"train.channels_last={fmt}").returncode
         assert code == 0
-        model, _, _, precision = _load_member(str(out / "best.pt"), torch.device("cpu"))
+        model, _, _, precision = load_member(str(out / "best.pt"), torch.device("cpu"))
         conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][1]  # C > 1: formats differ
         assert precision.channels_last == (fmt == "on")
         assert conv.weight.is_contiguous(memory_format=torch.channels_last) == (fmt == "on")

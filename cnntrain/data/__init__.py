@@ -129,7 +129,7 @@ def build_data(recipe: Recipe, data: str | None, *, train: bool = True, crops: i
         train_ds = TensorImages(*split_data["train"], train_tf) if train else None
         val_ds = TensorImages(*split_data[split], eval_tf)
     else:
-        found = load_folder(root)
+        found = load_folder(root, recipe.data.val_labels)
         classes, channels = found["classes"], 3
         mean, std = STATS["folder"]
         if not found["val"]:

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 
 from cnntrain.data import fastjpeg
+from cnntrain.data.imagenet_val import flat_samples
 from cnntrain.data.sampler import sample_key
 from cnntrain.data.transforms import scaled_box
 from cnntrain.errors import CnnTrainError
@@ -171,14 +172,18 @@ class ImageFolderDataset(Dataset):
         return img, label
 
 
-def load_folder(root: Path) -> dict:
-    """{'classes': [...], 'train': samples, 'val': samples} for an ImageNet-style root."""
+def load_folder(root: Path, val_labels: str = "") -> dict:
+    """{'classes': [...], 'train': samples, 'val': samples} for an ImageNet-style root.
+    With ``val_labels`` (``data.val_labels``), ``val/`` is ImageNet's flat folder read
+    in place through that label file."""
     train_dir, val_dir = root / "train", root / "val"
     classes = list_classes(train_dir)
     if not classes:
         raise CnnTrainError(f"{train_dir} holds no class folders; expected {train_dir}/CLASS/IMAGE files")
     out = {"classes": classes, "train": scan_split(train_dir, classes), "val": []}
-    if val_dir.is_dir():
+    if val_labels:
+        out["val"] = flat_samples(val_dir, val_labels, classes)
+    elif val_dir.is_dir():
         extra = sorted(set(list_classes(val_dir)) - set(classes))
         if extra:
             raise CnnTrainError(

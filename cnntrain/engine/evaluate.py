@@ -25,7 +25,7 @@ from cnntrain.errors import CnnTrainError
 from cnntrain.recipe import Recipe, recipe_from_dict
 
 
-def _member_scores(model: nn.Module, x: torch.Tensor, crops: int) -> tuple[torch.Tensor, torch.Tensor]:
+def member_scores(model: nn.Module, x: torch.Tensor, crops: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean logits, mean probabilities) over the crops of each image, in float32."""
     out = model(x)
     logits = (out[0] if isinstance(out, (tuple, list)) else out).float()
@@ -58,7 +58,7 @@ def evaluate(models: list[nn.Module], loader, preps: list[BatchPrep], device: to
             all_logits, all_probs = [], []
             for model, prep, meter in zip(models, preps, meters):
                 with precision.autocast(device):
-                    logits, probs = _member_scores(model, prep(images), crops)
+                    logits, probs = member_scores(model, prep(images), crops)
                 if crops:  # losses stay tensors: the meters add them up on the device
                     meter.update(probs, y, F.nll_loss(probs.clamp_min(1e-12).log(), y))
                 else:
@@ -98,7 +98,7 @@ def fp32_head(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
-def _load_member(path: str, device: torch.device) -> tuple[nn.Module, dict, Recipe, Precision]:
+def load_member(path: str, device: torch.device) -> tuple[nn.Module, dict, Recipe, Precision]:
     """A checkpoint's model, on ``device`` in the memory format its recipe's precision
     policy sets (the same policy then prepares its inputs), with an fp32 classifier."""
     payload = load_checkpoint(path)
@@ -141,7 +141,7 @@ def _paper_line(recipe: Recipe, crops: int, scales: list[int] | None = None) -> 
 def eval_checkpoint(opts: EvalOptions) -> dict[str, Any]:
     path, split = opts.checkpoint, opts.split
     env, dev = distributed.setup(opts.device)  # several processes under torchrun or `eval --nproc`
-    model, meta, recipe, precision = _load_member(path, dev)
+    model, meta, recipe, precision = load_member(path, dev)
     crops = opts.crops or recipe.eval.crops
     scales = list(opts.scales if opts.scales is not None else recipe.eval.scales)
     k = opts.topk or recipe.eval.topk
@@ -184,7 +184,7 @@ def ensemble_checkpoints(opts: EnsembleOptions) -> dict[str, Any]:
     paths, topk, combine, crops = opts.checkpoints, opts.topk or 5, opts.combine, opts.crops or 1
     dev = resolve_device(opts.device)
     prepare_cuda(dev, deterministic=False)
-    members = [_load_member(p, dev) for p in paths]
+    members = [load_member(p, dev) for p in paths]
     first_meta, first_recipe, precision = members[0][1], members[0][2], members[0][3]
     for path, (_, meta, recipe, _) in zip(paths[1:], members[1:]):
         same_view = (recipe.data.train_size, recipe.data.eval_resize, meta["in_channels"]) == (

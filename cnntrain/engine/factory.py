@@ -1,4 +1,5 @@
-"""The run factory: a recipe's training parts (model on its device and memory format,
+"""The run factory: a recipe's training parts (model with its starting weights and
+frozen parts, on its device and memory format,
 its parallel wrapper, optimiser, grad scaler, precision policy, weight average, batch
 preparation and the fit step that joins them), built in one place.
 
@@ -18,6 +19,8 @@ from cnntrain.engine import distributed
 from cnntrain.engine.checkpoint import unwrap
 from cnntrain.engine.device import Precision, choose_precision
 from cnntrain.engine.ema import WeightAverage, make_average
+from cnntrain.engine.freeze import apply_freeze
+from cnntrain.engine.init_weights import init_from
 from cnntrain.engine.losses import Teachers
 from cnntrain.engine.mixing import BatchMix
 from cnntrain.engine.modelbuild import model_from_recipe
@@ -77,12 +80,21 @@ def build_run(recipe: Recipe, device: torch.device, *, num_classes: int, channel
     """Every part of a training step for ``recipe`` on ``device``. The caller seeds the
     RNGs first (the model's initial weights come from them)."""
     precision = choose_precision(device, recipe.train.amp, recipe.train.channels_last)
-    model = model_from_recipe(recipe, num_classes, channels).to(device)
+    model = model_from_recipe(recipe, num_classes, channels)
+    notes = [init_from(model, recipe.model.init, recipe.model.arch)] if recipe.model.init else []
+    frozen = apply_freeze(model, recipe.train.freeze, num_classes)  # before wrapping: DDP skips frozen tensors
+    notes += [frozen[1]] if frozen else []
+    if env.is_main:
+        for note in notes:
+            print(note)
+    model = model.to(device)
     if recipe.train.deterministic and device.type == "cuda":
         deterministic_pools(model)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = distributed.wrap_model(model, env, device, strategy, recipe.train.sync_bn, precision.amp_dtype)
+    if frozen:
+        frozen[0].hold_statistics(unwrap(model))  # SyncBatchNorm conversion made new layers
     optimizer = build_optimizer(model, recipe.optim)
     ema = make_average(unwrap(model), recipe.train.ema_decay)  # Polyak averaging
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler_needed)

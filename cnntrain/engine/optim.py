@@ -12,6 +12,10 @@ Weight decay comes in up to three groups: normalisation-layer weights
 (``optim.weight_decay``); Bag of Tricks (He et al. 2019 §3.1, "no bias decay") and
 torchvision's 2021 recipe (``norm_weight_decay = 0``) exempt the first two.
 LARS and LAMB are in :mod:`~cnntrain.engine.large_batch`.
+
+Fine-tuning (``optim.lr_mult``): parameters are grouped by the longest module-name
+prefix that names them, and each group runs at the scheduled rate times its multiplier
+(a new classifier at 10x the pretrained body's rate is the usual choice).
 """
 from __future__ import annotations
 
@@ -20,34 +24,56 @@ import math
 import torch
 from torch import nn
 
+from cnntrain.engine.checkpoint import unwrap
 from cnntrain.engine.large_batch import LAMB, LARS
+from cnntrain.errors import CnnTrainError, did_you_mean
 from cnntrain.recipe import OptimSection, ScheduleSection
 
 NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)  # noqa: SLF001
 
 
+def _prefix_of(name: str, prefixes: list[str]) -> str | None:
+    """The longest prefix naming ``name`` at a module boundary (``fc`` names ``fc.weight``
+    but not ``fc2.weight``)."""
+    hits = [p for p in prefixes if name == p or name.startswith(p + ".")]
+    return max(hits, key=len) if hits else None
+
+
+def _decay_kind(module: nn.Module, name: str) -> str:
+    # a norm layer's bias counts as a bias (Bag of Tricks: "biases and beta and gamma")
+    return "bias" if name == "bias" else "norm" if isinstance(module, NORMS) else "other"
+
+
 def param_groups(model: nn.Module, weight_decay: float, norm_decay: float | None = None,
-                 bias_decay: float | None = None) -> list[dict]:
-    """The trainable parameters in groups by weight decay: norm-layer weights (and their
-    biases), other biases, the rest. One group when the decays are all the same."""
-    norm_decay = weight_decay if norm_decay is None else norm_decay
-    bias_decay = weight_decay if bias_decay is None else bias_decay
-    buckets: dict[str, list] = {"norm": [], "bias": [], "other": []}
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            # a norm layer's bias counts as a bias (Bag of Tricks: "biases and beta and gamma")
-            kind = "bias" if name == "bias" else "norm" if isinstance(module, NORMS) else "other"
-            buckets[kind].append(p)
-    decays = {"norm": norm_decay, "bias": bias_decay, "other": weight_decay}
-    if len(set(decays.values())) == 1:
-        return [{"params": [p for ps in buckets.values() for p in ps], "weight_decay": weight_decay}]
-    return [{"params": ps, "weight_decay": decays[k]} for k, ps in buckets.items() if ps]
+                 bias_decay: float | None = None, lr_mult: dict[str, float] | None = None) -> list[dict]:
+    """The trainable parameters in groups by (``lr_mult`` prefix, weight decay): each
+    prefix's parameters at its multiplier, the rest at 1x; within each, norm-layer
+    weights, biases and the rest when their decays differ (one group when they agree).
+    A prefix naming no trainable parameter is an error: a typo would otherwise train the
+    head at the body's rate unnoticed."""
+    decays = {"norm": weight_decay if norm_decay is None else norm_decay,
+              "bias": weight_decay if bias_decay is None else bias_decay, "other": weight_decay}
+    split = len(set(decays.values())) > 1
+    lr_mult = dict(lr_mult or {})
+    named = [(f"{mod_name}.{n}" if mod_name else n, module, n, p)
+             for mod_name, module in unwrap(model).named_modules()
+             for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+    buckets: dict[tuple, list] = {}
+    for full, module, name, param in named:
+        kind = _decay_kind(module, name) if split else "other"
+        buckets.setdefault((_prefix_of(full, list(lr_mult)), kind), []).append(param)
+    empty = [k for k in lr_mult if not any(prefix == k for prefix, _ in buckets)]
+    if empty:
+        modules = sorted({full.split(".")[0] for full, *_ in named})
+        raise CnnTrainError(f"optim.lr_mult: {empty[0]!r} names no trainable parameter"
+                            f"{did_you_mean(empty[0], modules)}; top-level modules: {', '.join(modules)}")
+    # the 1x groups last, as before lr_mult existed
+    order = sorted(buckets, key=lambda key: key[0] is None)
+    return [{"params": buckets[k], "weight_decay": decays[k[1]], "lr_mult": lr_mult.get(k[0], 1.0)} for k in order]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimSection) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.norm_weight_decay, cfg.bias_weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.norm_weight_decay, cfg.bias_weight_decay, cfg.lr_mult)
     if cfg.name == "lars":
         return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
     if cfg.name == "lamb":
@@ -120,7 +146,7 @@ class LRSchedule:
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         lr = self.lr_at(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         return lr
 
     def state_dict(self) -> dict:
