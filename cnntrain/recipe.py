@@ -66,6 +66,13 @@ class DataSection:
     strict: bool = False  # stop at the first unreadable image instead of skipping it
     synthetic_train_samples: int = 256
     synthetic_val_samples: int = 64
+    # Hold the training set on the training device as uint8 and build each batch there
+    # (data/resident.py): CIFAR, digits, synthetic with a pad/none crop. auto: on when it
+    # takes under a quarter of the device's free memory and the view allows it.
+    on_device: str = _choice("auto", "auto", "on", "off")
+    # Where JPEGs of a folder dataset are decoded: gpu = nvJPEG in the training process
+    # (data/gpudecode.py), cpu = in the loader workers; auto: gpu on CUDA runs.
+    decode: str = _choice("auto", "auto", "cpu", "gpu")
 
 
 @dataclass
@@ -129,6 +136,9 @@ class TrainSection:
     dist_timeout: int = 1800  # seconds a process waits in a collective before the job fails
     aux_weight: float = 0.3  # weight of auxiliary-head losses (GoogLeNet: 0.3)
     ema_decay: float = 0.0  # Polyak/EMA averaging of weights for evaluation and best.pt; 0 = off
+    # torch.compile the training model; auto: on for CUDA runs of at least 500 steps
+    # (compiling costs a minute or so, which only a longer run wins back)
+    compile: str = _choice("auto", "auto", "on", "off")
 
 
 @dataclass

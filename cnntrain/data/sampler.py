@@ -38,14 +38,24 @@ class EpochSampler(Sampler):
         self.epoch, self.start = epoch, start
 
     def order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        perm, seeds, _ = self.draws(0)
+        return perm, seeds
+
+    def draws(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's (indices, augmentation seeds, ``k`` uniforms in [0, 1) per sample)
+        for the whole epoch. The uniforms come from the same (seed, epoch) generator after
+        the order and seeds, so they leave ``order()`` unchanged; batch-wise augmentation
+        (:mod:`cnntrain.data.resident`) draws its views from them."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         perm = torch.randperm(self.size, generator=gen) if self.shuffle else torch.arange(self.size)
         seeds = torch.randint(0, 2**62, (self.size,), generator=gen)
+        uniforms = torch.rand((self.size, k), generator=gen) if k else torch.empty(self.size, 0)
         total = self.per_rank * self.world
         if total > self.size:  # pad by wrapping so every rank gets the same count
-            perm = torch.cat([perm, perm[: total - self.size]])
-            seeds = torch.cat([seeds, seeds[: total - self.size]])
-        return perm[self.rank::self.world], seeds[self.rank::self.world]
+            extra = total - self.size
+            perm, seeds = torch.cat([perm, perm[:extra]]), torch.cat([seeds, seeds[:extra]])
+            uniforms = torch.cat([uniforms, uniforms[:extra]])
+        return perm[self.rank::self.world], seeds[self.rank::self.world], uniforms[self.rank::self.world]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         perm, seeds = self.order()
