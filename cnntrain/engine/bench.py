@@ -12,6 +12,8 @@ baseline in the same run, on the same machine, and prints the ratio.
   precision and memory-format policy) on synthetic data, against a bare PyTorch loop
   (same model, batch and SGD; fp32, NCHW), and against a bare loop with the engine's
   settings, which isolates the engine's own overhead.
+- ``bench data --data CIFAR_ROOT``: the device-resident path against torchvision's
+  CIFAR10 pipeline (:mod:`~cnntrain.engine.bench_cifar`).
 - ``bench decode``: milliseconds per image in one thread, for the baseline's and
   cnntrain's per-sample work and the JPEG decoding inside them, down to the entropy
   decoding that bounds any libjpeg-based pipeline.
@@ -41,8 +43,10 @@ from torchvision.io import decode_jpeg
 
 from cnntrain.data import (EpochSampler, SyntheticSpec, build_data, default_workers, fastjpeg, make_loader,
                            synthetic_spec)
+from cnntrain.data.cifar import find_cifar
 from cnntrain.data.folder import decode_view
 from cnntrain.engine import factory
+from cnntrain.engine.bench_cifar import bench_data_cifar
 from cnntrain.engine.device import resolve_device, tune_cpu_process
 from cnntrain.engine.distributed import SINGLE, per_process_batch
 from cnntrain.engine.metrics import Meter
@@ -144,7 +148,9 @@ def _time_loader(loader, consume: Callable[[Any], int], batches: int, warmup: in
 
 def bench_data(opts: BenchDataOptions) -> dict[str, Any]:
     root, batches, batch_size, warmup = opts.root, opts.batches, opts.batch_size, opts.warmup
-    recipe = load_recipe(opts.recipe, BASELINE_VIEW)
+    if Path(root).is_dir() and find_cifar(Path(root)):
+        return bench_data_cifar(opts, _time_loader, _median)
+    recipe = load_recipe(opts.recipe or "resnet50", BASELINE_VIEW)
     dev = resolve_device(opts.device)
     if dev.type == "cpu":
         tune_cpu_process()
