@@ -45,6 +45,7 @@ from cnntrain.data import (EpochSampler, SyntheticSpec, build_data, default_work
                            synthetic_spec)
 from cnntrain.data.cifar import find_cifar
 from cnntrain.data.folder import decode_view
+from cnntrain.data.loaders import gpu_decode_loader
 from cnntrain.engine import factory
 from cnntrain.engine.bench_cifar import bench_data_cifar
 from cnntrain.engine.device import resolve_device, tune_cpu_process
@@ -191,11 +192,17 @@ def bench_data(opts: BenchDataOptions) -> dict[str, Any]:
         float(x.sum())
         return int(x.shape[0])
 
-    ours, base = [], []
+    # On CUDA a third contender: the same loader with the JPEGs decoded on the GPU.
+    gpu_loader = (gpu_decode_loader(bundle.train, batch_size, 0, 1, 0, workers, dev) if dev.type == "cuda"
+                  else None)
+    ours, base, gpu = [], [], []
     for _ in range(opts.repeats):
         base.append(_time_loader(base_loader, base_consume, batches, warmup))
         ours.append(_time_loader(ours_loader, ours_consume, batches, warmup))
+        if gpu_loader is not None:
+            gpu.append(_time_loader(gpu_loader, ours_consume, batches, warmup))
     result = {"ours_images_per_s": _median(ours), "baseline_images_per_s": _median(base),
+              "gpu_decode_images_per_s": _median(gpu) if gpu else None, "gpu_decode_runs": gpu,
               "ours_runs": ours, "baseline_runs": base, "workers": workers, "batch_size": batch_size,
               "batches": batches, "device": str(dev), "images_in_folder": len(bundle.train),
               "crop": f"{aug.crop} {size}", "recipe": recipe.name, "jpeg_decoder": fastjpeg.decoder()}
@@ -217,6 +224,10 @@ def _print_data(r: dict[str, Any], root: str, repeats: int) -> None:
     print(f"  cnntrain  {r['recipe']} training pipeline ({r['crop'].split()[0]} crop {size}, uint8 until the device): "
           f"{r['ours_images_per_s']:8.1f} images/s  (runs: {_runs(r['ours_runs'])})")
     print(f"            JPEG decoding: {r['jpeg_decoder']}")
+    if r["gpu_decode_images_per_s"] is not None:
+        print(f"  cnntrain  same, JPEGs decoded on the GPU (nvJPEG, data.decode = \"gpu\"): "
+              f"{r['gpu_decode_images_per_s']:8.1f} images/s  (runs: {_runs(r['gpu_decode_runs'])}); "
+              f"ratio {r['gpu_decode_images_per_s'] / r['baseline_images_per_s']:.2f}x")
     print(f"  ratio     {r['ratio']:.2f}x")
 
 

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cnntrain.data import DataBundle, build_data, default_workers, resident, train_loader, val_loader
+from cnntrain.data import DataBundle, build_data, default_workers, gpudecode, resident, train_loader, val_loader
+from cnntrain.data.loaders import gpu_decode_loader
 from cnntrain.engine import distributed, factory
 from cnntrain.engine.checkpoint import model_meta
 from cnntrain.engine.device import ahead_to_device, seed_everything
@@ -84,12 +85,16 @@ class Trainer:
         self.skipped_before_epoch = 0
 
     def _train_loader(self, workers: int, pin: bool):
-        """Device-resident batches where ``data.on_device`` allows, else the worker loader."""
+        """Device-resident batches where ``data.on_device`` allows, JPEGs decoded on the GPU
+        where ``data.decode`` says so, else the worker loader."""
         d, env, seed = self.data, self.env, self.recipe.train.seed
         if resident.use_resident(self.recipe, d.train, d.channels, self.device):
             d.notes.append(f"training images held on {self.device.type} as uint8, batches cropped and flipped "
                            "there (data.on_device)")
             return resident.resident_loader(self.recipe, d.train, self.device, self.batch, env.rank, env.world, seed)
+        if gpudecode.use_gpu_decode(self.recipe, d.train, self.device):
+            d.notes.append(f"JPEGs decoded on {self.device} (nvJPEG), views applied there (data.decode)")
+            return gpu_decode_loader(d.train, self.batch, env.rank, env.world, seed, workers, self.device)
         return train_loader(d.train, self.batch, env.rank, env.world, seed, workers, pin)
 
     def _check_classes(self) -> None:
