@@ -165,6 +165,12 @@ class DecodedBatches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[Skipped]]]:
-        for batch in self.loader:
-            yield self.decoder(*batch)
+        it = iter(self.loader)
+        try:
+            for batch in it:
+                yield self.decoder(*batch)
+        finally:  # left early (a benchmark round): stop workers that are not kept
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None and not self.loader.persistent_workers:
+                shutdown()
 

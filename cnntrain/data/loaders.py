@@ -98,11 +98,11 @@ def train_loader(dataset: Dataset, batch_size: int, rank: int, world: int, seed:
 
 
 def gpu_decode_loader(dataset: ImageFolderDataset, batch_size: int, rank: int, world: int, seed: int,
-                      workers: int, device: torch.device) -> DecodedBatches:
+                      workers: int, device: torch.device, persistent: bool = True) -> DecodedBatches:
     """:func:`train_loader` for ``data.decode = "gpu"``: workers read the bytes and draw
     the views (same sampler, same seeds), the training process decodes on ``device``."""
     sampler = EpochSampler(len(dataset), seed, rank=rank, world=world)
-    loader = make_loader(EncodedFolder(dataset), batch_size, workers=workers, sampler=sampler, persistent=True,
+    loader = make_loader(EncodedFolder(dataset), batch_size, workers=workers, sampler=sampler, persistent=persistent,
                          collate_fn=collate_encoded)
     return DecodedBatches(loader, BatchDecoder(dataset.transform, device))
 

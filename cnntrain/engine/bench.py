@@ -193,7 +193,7 @@ def bench_data(opts: BenchDataOptions) -> dict[str, Any]:
         return int(x.shape[0])
 
     # On CUDA a third contender: the same loader with the JPEGs decoded on the GPU.
-    gpu_loader = (gpu_decode_loader(bundle.train, batch_size, 0, 1, 0, workers, dev) if dev.type == "cuda"
+    gpu_loader = (gpu_decode_loader(bundle.train, batch_size, 0, 1, 0, workers, dev, persistent=False) if dev.type == "cuda"
                   else None)
     ours, base, gpu = [], [], []
     for _ in range(opts.repeats):
