@@ -33,3 +33,18 @@ def test_bench_data_on_cifar_compares_resident_with_torchvision(tmp_path, capsys
     assert r["ratio"] == r["ours_images_per_s"] / r["baseline_images_per_s"] > 0
     code, _, err = run_cli(["bench", "data", "--data", tmp_path / "c", "--batches", "20", "--batch-size", "8"], capsys)
     assert code == 2 and "make-cifar" in err
+
+
+def test_mfu_names_its_peak_and_counts_three_forward_passes(monkeypatch):
+    from cnntrain.engine.mfu import peak_bf16, train_flops_per_image
+    from cnntrain.models import build_model
+    from cnntrain.summary import summarize
+
+    assert peak_bf16("NVIDIA H100 80GB HBM3")[0] == 989.4 and peak_bf16("NVIDIA H100 PCIe")[0] == 756.5
+    assert peak_bf16("NVIDIA A100-SXM4-80GB")[0] == 312.0
+    peak, why = peak_bf16("Tesla T4")
+    assert peak is None and "CNNTRAIN_PEAK_TFLOPS" in why
+    monkeypatch.setenv("CNNTRAIN_PEAK_TFLOPS", "65")
+    assert peak_bf16("Tesla T4")[0] == 65.0
+    model = build_model("lenet5", num_classes=10, in_channels=1)
+    assert train_flops_per_image(model, (1, 32, 32)) == 6 * summarize(model, (1, 32, 32)).macs > 0

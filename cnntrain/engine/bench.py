@@ -11,7 +11,8 @@ baseline in the same run, on the same machine, and prints the ratio.
   learning-rate update and accuracy bookkeeping ``fit`` runs, under the recipe's
   precision and memory-format policy) on synthetic data, against a bare PyTorch loop
   (same model, batch and SGD; fp32, NCHW), and against a bare loop with the engine's
-  settings, which isolates the engine's own overhead.
+  settings, which isolates the engine's own overhead. On CUDA also the model FLOP
+  utilisation against the GPU's named dense bf16 peak (:mod:`~cnntrain.engine.mfu`).
 - ``bench data --data CIFAR_ROOT``: the device-resident path against torchvision's
   CIFAR10 pipeline (:mod:`~cnntrain.engine.bench_cifar`).
 - ``bench decode``: milliseconds per image in one thread, for the baseline's and
@@ -51,6 +52,7 @@ from cnntrain.engine.bench_cifar import bench_data_cifar
 from cnntrain.engine.device import resolve_device, tune_cpu_process
 from cnntrain.engine.distributed import SINGLE, per_process_batch
 from cnntrain.engine.metrics import Meter
+from cnntrain.engine.mfu import mfu, train_flops_per_image
 from cnntrain.engine.modelbuild import model_from_recipe
 from cnntrain.engine.optim import LRSchedule
 from cnntrain.engine.options import BenchDataOptions, BenchDecodeOptions, BenchTrainOptions
@@ -407,6 +409,11 @@ def bench_train(opts: BenchTrainOptions) -> dict[str, Any]:
         "overhead": 1 - med["cnntrain"] / med["bare_same"],
         "threads": torch.get_num_threads(),
     }
+    if dev.type == "cuda":  # model FLOP utilisation of the engine's step
+        flops = train_flops_per_image(model_from_recipe(recipe, spec.num_classes, spec.channels).to(dev),
+                                      (spec.channels, spec.size, spec.size))
+        result["train_flops_per_image"] = flops
+        result.update(mfu(med["cnntrain"], flops, dev))
     _print_train(result, opts)
     return result
 
@@ -420,5 +427,9 @@ def _print_train(r: dict[str, Any], opts: BenchTrainOptions) -> None:
     print(f"  cnntrain  fit step ({r['engine_policy']}): {r['cnntrain_images_per_s']:10.1f} images/s  "
           f"(runs: {_runs(r['runs']['cnntrain'])})")
     print(f"  ratio     {r['speedup']:.2f}x")
+    if r.get("peak"):
+        util = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        print(f"  MFU       {util}: {r['achieved_tflops']:.1f} TFLOP/s achieved (3 x forward FLOPs per image) "
+              f"of {r['peak']}")
     print(f"  overhead  {100 * r['overhead']:+.1f}% against a bare loop with the engine's settings "
           f"({r['bare_same_settings_images_per_s']:.1f} images/s; negative: the engine was faster)")
