@@ -21,8 +21,8 @@ normalised float batch: the figures and the ratio are in BENCHMARKS.md.
    order and three uniforms per sample (``draws``), a pure function of (seed, epoch,
    position): exact resume (``set_epoch(epoch, start)``) and DDP sharding (every
    ``world``-th position of the padded permutation) are the per-sample path's.
-3. Per batch: one advanced-indexing gather takes each sample's crop at its (top, left),
-   mirrored where its flip is drawn; normalisation (and PCA lighting) follow in the
+3. Per batch: one advanced-indexing op takes each sample's crop at its (top, left) from
+   the image or, where its flip is drawn, from the image's mirror (held beside it); normalisation (and PCA lighting) follow in the
    training step's :class:`~cnntrain.data.transforms.BatchPrep`, as for every loader.
 
 Same distribution, other draws: the per-sample path draws a sample's view from a
@@ -50,7 +50,7 @@ from cnntrain.errors import CnnTrainError
 from cnntrain.recipe import Recipe
 
 RESIDENT_CROPS = ("pad", "none")
-FREE_SHARE = 0.25  # auto: on when the padded images take under this share of free device memory
+FREE_SHARE = 0.25  # auto: on when the padded (and mirrored) images take under this share of free memory
 LOAD_CHUNK = 4096  # images resized per call while loading (bounds the float temporaries)
 
 
@@ -82,7 +82,7 @@ def why_not_resident(recipe: Recipe, dataset) -> str | None:
 def resident_bytes(recipe: Recipe, dataset, channels: int) -> int:
     view = resident_view(recipe)
     side = view.size + 2 * view.pad
-    return len(dataset) * channels * side * side
+    return len(dataset) * channels * side * side * (2 if view.hflip else 1)  # with the mirror images
 
 
 def use_resident(recipe: Recipe, dataset, channels: int, device: torch.device) -> bool:
@@ -127,17 +127,19 @@ def dataset_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs], dtype=torch.long)
 
 
-def crop_flip(images: torch.Tensor, index: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
-              flip: torch.Tensor, size: int) -> torch.Tensor:
-    """``images[index[i]]`` cropped to ``size`` at (top[i], left[i]), mirrored where
-    ``flip[i]``: (B, C, size, size) uint8. The batch's images are copied once; every crop
-    of an image is a view of it (``unfold``), so one indexing op copies each sample's own
-    crop (2x faster on CPU than a per-pixel gather, measured)."""
-    batch = images.index_select(0, index)
-    windows = batch.unfold(2, size, 1).unfold(3, size, 1)  # (B, C, span, span, size, size) views
-    out = windows[torch.arange(len(index), device=images.device), :, top, left]
-    # torch.where rather than a masked copy: no read of the flags, so no wait for the GPU.
-    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+def crop_flip(windows: torch.Tensor, count: int, index: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+              flip: torch.Tensor, span: int) -> torch.Tensor:
+    """Image ``index[i]`` cropped at (top[i], left[i]), mirrored where ``flip[i]``: one
+    indexing op for the whole batch, (B, C, size, size) uint8.
+
+    ``windows`` is every crop of every image as a view (``unfold`` of the base images,
+    followed by their mirror images when flips are drawn: ``count`` images each). The
+    mirror of a crop at ``left`` is the crop of the mirrored image at ``span - 1 - left``,
+    so a flip is a choice of source, not another pass over the batch (measured on CPU:
+    one copy instead of the three of copy, flip and select)."""
+    source = index + count * flip.long()
+    left = torch.where(flip, span - 1 - left, left)
+    return windows[source, :, top, left]
 
 
 class ResidentBatches:
@@ -146,9 +148,12 @@ class ResidentBatches:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, view: ResidentView, batch_size: int,
                  sampler: EpochSampler) -> None:
-        self.images, self.labels, self.view = images, labels, view
+        """``images``: the base images (N, C, size + 2 pad, size + 2 pad) on the device."""
+        self.count, self.labels, self.view = len(images), labels, view
         self.batch_size, self.sampler = batch_size, sampler
         self.device = images.device
+        self.images = torch.cat([images, images.flip(-1)]) if view.hflip else images
+        self.windows = self.images.unfold(2, view.size, 1).unfold(3, view.size, 1)
 
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
@@ -168,7 +173,8 @@ class ResidentBatches:
         for i in range(0, len(index), self.batch_size):
             part = slice(i, i + self.batch_size)
             idx = index[part]
-            yield crop_flip(self.images, idx, top[part], left[part], flip[part], self.view.size), self.labels[idx], []
+            images = crop_flip(self.windows, self.count, idx, top[part], left[part], flip[part], self.view.span)
+            yield images, self.labels[idx], []
 
 
 def resident_loader(recipe: Recipe, dataset, device: torch.device, batch_size: int, rank: int, world: int,

@@ -128,6 +128,6 @@ def _print(r: dict[str, Any], opts: BenchDataOptions) -> None:
           f"{r['batches']} timed batches x {opts.repeats} rounds, {r['device']}")
     print(f"  baseline  torchvision CIFAR10 + RandomCrop(32, padding=4) + flip + ToTensor + Normalize, "
           f"{r['workers']} loader workers: {r['baseline_images_per_s']:9.1f} images/s  (runs: {runs['baseline']})")
-    print(f"  cnntrain  device-resident uint8, batch gather crop + flip, normalise on the device, no workers: "
+    print(f"  cnntrain  device-resident uint8, one indexing op for crop + flip, normalise on the device, no workers: "
           f"{r['ours_images_per_s']:9.1f} images/s  (runs: {runs['ours']})")
     print(f"  ratio     {r['ratio']:.2f}x")
