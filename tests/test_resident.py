@@ -129,3 +129,17 @@ def test_resident_batches_on_cuda_equal_the_cpu_ones(cifar10_root):
     gpu.sampler.set_epoch(1)
     (a, la, _), (b, lb, _) = next(iter(cpu)), next(iter(gpu))
     assert b.is_cuda and torch.equal(a, b.cpu()) and torch.equal(la, lb.cpu())
+
+
+@pytest.mark.cuda
+def test_compiled_resident_fit_on_cuda_with_bf16_ema_and_channels_last(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, text, err = run_cli(["fit", "--recipe", "lenet5", "--device", "cuda", "--out", out,
+                               "--set", "train.iterations=46", "--set", "train.compile=on", "--set", "train.amp=bf16",
+                               "--set", "train.channels_last=on", "--set", "train.ema_decay=0.9", *FAST], capsys)
+    assert code == 0, err
+    assert "compiled" in text and "held on cuda" in text  # 45 full batches an epoch, then a short one, eager
+    state = load_checkpoint(out / "last.pt")["model"]
+    assert not any(k.startswith("_orig_mod") for k in state)
+    code, _, err = run_cli(["eval", out / "best.pt", "--device", "cpu"], capsys)
+    assert code == 0, err
