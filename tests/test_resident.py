@@ -143,3 +143,17 @@ def test_compiled_resident_fit_on_cuda_with_bf16_ema_and_channels_last(tmp_path,
     assert not any(k.startswith("_orig_mod") for k in state)
     code, _, err = run_cli(["eval", out / "best.pt", "--device", "cpu"], capsys)
     assert code == 0, err
+
+
+def test_compile_auto_and_data_parallel():
+    from torch import nn
+
+    from cnntrain.engine.factory import AUTO_COMPILE_STEPS, wants_compile
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert not wants_compile("auto", cpu, 10**6) and not wants_compile("auto", cuda, AUTO_COMPILE_STEPS - 1)
+    assert wants_compile("auto", cuda, AUTO_COMPILE_STEPS) and wants_compile("on", cpu, 1)
+    dp = nn.DataParallel(nn.Linear(2, 2))
+    assert not wants_compile("auto", cuda, 10**6, dp)
+    with pytest.raises(CnnTrainError, match="strategy dp"):
+        wants_compile("on", cuda, 10, dp)

@@ -21,6 +21,7 @@ from cnntrain.engine.ema import WeightAverage, make_average
 from cnntrain.engine.modelbuild import model_from_recipe
 from cnntrain.engine.optim import build_optimizer
 from cnntrain.engine.step import FitStep
+from cnntrain.errors import CnnTrainError
 from cnntrain.recipe import Recipe
 
 
@@ -88,12 +89,18 @@ def build_run(recipe: Recipe, device: torch.device, *, num_classes: int, channel
     return RunParts(model, optimizer, scaler, precision, ema, prep, fit_step)
 
 
-def wants_compile(mode: str, device: torch.device, total_steps: int) -> bool:
+def wants_compile(mode: str, device: torch.device, total_steps: int, model: nn.Module | None = None) -> bool:
     """``train.compile``: on, off, or auto (on for CUDA runs of :data:`AUTO_COMPILE_STEPS`
     steps or more: compiling a ResNet-50 costs about a minute, which short runs never
-    win back; on CPU the compiled kernels are not reliably faster)."""
+    win back; on CPU the compiled kernels are not reliably faster). DataParallel
+    re-replicates its module every step, which torch.compile does not follow: auto leaves
+    such runs eager, and "on" asks for DDP instead."""
+    data_parallel = isinstance(model, nn.DataParallel)
     if mode == "auto":
-        return device.type == "cuda" and total_steps >= AUTO_COMPILE_STEPS
+        return device.type == "cuda" and total_steps >= AUTO_COMPILE_STEPS and not data_parallel
+    if mode == "on" and data_parallel:
+        raise CnnTrainError('train.compile = "on" does not work with --strategy dp; use --nproc N (DDP), '
+                            'or train.compile = "off"')
     return mode == "on"
 
 

@@ -72,7 +72,7 @@ class Trainer:
         limits = [recipe.train.iterations or math.inf, (recipe.train.epochs or math.inf) * self.steps_per_epoch]
         self.total_steps = int(min(limits))
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        if factory.wants_compile(recipe.train.compile, self.device, self.total_steps):
+        if factory.wants_compile(recipe.train.compile, self.device, self.total_steps, self.model):
             factory.compile_step(self.fit_step, self.batch // max(1, recipe.train.accumulate))
         self.schedule = LRSchedule(recipe.schedule, recipe.optim.lr, self.steps_per_epoch, self.total_steps)
         meta = model_meta(recipe.to_dict(), d.classes, d.channels, d.mean, d.std)
