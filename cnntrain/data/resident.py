@@ -8,7 +8,8 @@ any GPU, and building a batch there is a gather, not 128 Python calls in worker
 processes. airbench (Jordan 2024, github.com/KellerJordan/cifar10-airbench) keeps CIFAR-10
 on the GPU this way and reaches 94% in under 4 s on one A100.
 Measured here (2 shared CPU cores, no GPU; BENCHMARKS.md, "bench data on CIFAR"):
-    OMP_NUM_THREADS=1 cnntrain bench data --data CIFAR_ROOT --batch-size 128 --batches 50 --repeats 3
+    OMP_NUM_THREADS=1 cnntrain bench data --data CIFAR_ROOT \
+        --batch-size 128 --batches 50 --repeats 3
 against torchvision's CIFAR10 + RandomCrop(32, padding=4) + RandomHorizontalFlip +
 ToTensor + Normalize in a DataLoader with 2 workers, both ending with the normalised float
 batch: 27,882 vs 2,253 images/s, 12.4x (2026-12-01, load average 11 on 2 cores; 10.7x to
@@ -25,8 +26,8 @@ single-threaded loader workers of the baseline never do.
    position): exact resume (``set_epoch(epoch, start)``) and DDP sharding (every
    ``world``-th position of the padded permutation) are the per-sample path's.
 3. Per batch: one advanced-indexing op takes each sample's crop at its (top, left) from
-   the image or, where its flip is drawn, from the image's mirror (held beside it); normalisation (and PCA lighting) follow in the
-   training step's :class:`~cnntrain.data.transforms.BatchPrep`, as for every loader.
+   the image or, where its flip is drawn, from the image's mirror (held beside it);
+   normalisation (and PCA lighting) follow in the training step's :class:`~cnntrain.data.transforms.BatchPrep`, as for every loader.
 
 Same distribution, other draws: the per-sample path draws a sample's view from a
 generator seeded with its own seed (one generator per image, too slow for a batch of

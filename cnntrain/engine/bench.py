@@ -6,7 +6,8 @@ baseline in the same run, on the same machine, and prints the ratio.
   random-resized 224 crops and flips) against torchvision's ImageFolder + PIL +
   RandomResizedCrop(224) + RandomHorizontalFlip + ToTensor + Normalize, with the same
   number of loader workers, over the same JPEGs. Warm-up batches (worker start-up) are
-  not timed.
+  not timed. On CUDA also the same loader with the JPEGs decoded on the GPU
+  (:mod:`~cnntrain.data.gpudecode`).
 - ``bench train``: images/s of cnntrain's training step (the same :class:`FitStep`,
   learning-rate update and accuracy bookkeeping ``fit`` runs, under the recipe's
   precision and memory-format policy) on synthetic data, against a bare PyTorch loop
@@ -194,9 +195,8 @@ def bench_data(opts: BenchDataOptions) -> dict[str, Any]:
         float(x.sum())
         return int(x.shape[0])
 
-    # On CUDA a third contender: the same loader with the JPEGs decoded on the GPU.
-    gpu_loader = (gpu_decode_loader(bundle.train, batch_size, 0, 1, 0, workers, dev, persistent=False) if dev.type == "cuda"
-                  else None)
+    gpu_loader = (gpu_decode_loader(bundle.train, batch_size, 0, 1, 0, workers, dev, persistent=False)
+                  if dev.type == "cuda" else None)  # a third contender: JPEGs decoded on the GPU
     ours, base, gpu = [], [], []
     for _ in range(opts.repeats):
         base.append(_time_loader(base_loader, base_consume, batches, warmup))
@@ -409,13 +409,17 @@ def bench_train(opts: BenchTrainOptions) -> dict[str, Any]:
         "overhead": 1 - med["cnntrain"] / med["bare_same"],
         "threads": torch.get_num_threads(),
     }
-    if dev.type == "cuda":  # model FLOP utilisation of the engine's step
-        flops = train_flops_per_image(model_from_recipe(recipe, spec.num_classes, spec.channels).to(dev),
-                                      (spec.channels, spec.size, spec.size))
-        result["train_flops_per_image"] = flops
-        result.update(mfu(med["cnntrain"], flops, dev))
+    if dev.type == "cuda":
+        result.update(_utilisation(recipe, spec, dev, med["cnntrain"]))
     _print_train(result, opts)
     return result
+
+
+def _utilisation(recipe: Recipe, spec: SyntheticSpec, dev: torch.device, images_per_s: float) -> dict[str, Any]:
+    """Model FLOP utilisation of the engine's step (:mod:`~cnntrain.engine.mfu`)."""
+    model = model_from_recipe(recipe, spec.num_classes, spec.channels).to(dev)
+    flops = train_flops_per_image(model, (spec.channels, spec.size, spec.size))
+    return {"train_flops_per_image": flops, **mfu(images_per_s, flops, dev)}
 
 
 def _print_train(r: dict[str, Any], opts: BenchTrainOptions) -> None:
