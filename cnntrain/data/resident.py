@@ -27,7 +27,8 @@ single-threaded loader workers of the baseline never do.
    ``world``-th position of the padded permutation) are the per-sample path's.
 3. Per batch: one advanced-indexing op takes each sample's crop at its (top, left) from
    the image or, where its flip is drawn, from the image's mirror (held beside it);
-   normalisation (and PCA lighting) follow in the training step's :class:`~cnntrain.data.transforms.BatchPrep`, as for every loader.
+   normalisation (and PCA lighting) follow in the training step's
+   :class:`~cnntrain.data.transforms.BatchPrep`, as for every loader.
 
 Same distribution, other draws: the per-sample path draws a sample's view from a
 generator seeded with its own seed (one generator per image, too slow for a batch of
