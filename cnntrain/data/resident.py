@@ -13,8 +13,9 @@ Measured here (2 shared CPU cores, no GPU; BENCHMARKS.md, "bench data on CIFAR")
 against torchvision's CIFAR10 + RandomCrop(32, padding=4) + RandomHorizontalFlip +
 ToTensor + Normalize in a DataLoader with 2 workers, both ending with the normalised float
 batch: 27,882 vs 2,253 images/s, 12.4x (2026-12-01, load average 11 on 2 cores; 10.7x to
-13.9x over three runs). With torch's default 2 intra-op threads at that load, 0.9x to
-3.5x: each of the main process's ops waits for a descheduled thread, which the
+13.9x over three runs). With torch's default 2 intra-op threads: 145,163 vs 7,825
+images/s, 18.6x, in a few seconds when the cores were free; 0.9x to 3.5x at load 6 to 13,
+where each of the main process's ops waits for a descheduled thread, which the
 single-threaded loader workers of the baseline never do.
 =============================================================================== design
 1. Load: the readers' uint8 tensors (CIFAR, digits) or the synthetic images drawn once,
