@@ -285,13 +285,15 @@ app.add_typer(bench_app, name="bench")
 
 @bench_app.command("data")
 def bench_data(
-    data: str = typer.Option(..., "--data", help="ImageNet-style root (train/CLASS/*.jpg); see bench make-jpegs."),
+    data: str = typer.Option(..., "--data", help="ImageNet-style root (see bench make-jpegs) or CIFAR-10 root "
+                             "(see bench make-cifar)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Loader workers for both (default: the cores)."),
     batches: int = typer.Option(20, "--batches", help="Timed batches per round."),
     batch_size: int = typer.Option(64, "--batch-size"),
     warmup: int = typer.Option(3, "--warmup", help="Untimed batches first (worker start-up)."),
     repeats: int = typer.Option(2, "--repeats", help="Rounds, alternating baseline and cnntrain; medians reported."),
-    recipe: str = typer.Option("resnet50", "--recipe", help="Whose training augmentation to run."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Whose training augmentation to run "
+                                         "(default: resnet50 on a folder, resnet20 on CIFAR)."),
     device: str = typer.Option("auto", "--device"),
     json_out: Optional[str] = typer.Option(None, "--json"),
 ) -> None:
@@ -437,6 +439,19 @@ def data_imagenet_val(
                f"{len(r.missing)} labelled but absent, {len(r.unlabelled)} without a label")
     if r.missing:
         typer.echo(f"absent: {', '.join(r.missing[:5])}{' ...' if len(r.missing) > 5 else ''}")
+
+
+@bench_app.command("make-cifar")
+def bench_make_cifar(
+    out: Path = typer.Argument(..., help="Folder to create (OUT/cifar-10-batches-py/)."),
+    count: int = typer.Option(50000, "--count", help="Training images (CIFAR-10 has 50,000)."),
+    test: int = typer.Option(10000, "--test", help="Test images."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write a CIFAR-10 root of random pixels in the official pickle format, for `bench data`."""
+    from cnntrain.engine.bench_cifar import make_cifar
+
+    make_cifar(out, count, test, seed)
 
 
 def _record_for_torchrun(exc: BaseException) -> None:

@@ -79,6 +79,13 @@ class DataSection:
     # ImageNet's flat val/ folder read in place: LOC_val_solution.csv or the devkit's
     # data/ILSVRC2012_validation_ground_truth.txt (see `cnntrain data imagenet-val`)
     val_labels: str = ""
+    # Hold the training set on the training device as uint8 and build each batch there
+    # (data/resident.py): CIFAR, digits, synthetic with a pad/none crop. auto: on when it
+    # takes under a quarter of the device's free memory and the view allows it.
+    on_device: str = _choice("auto", "auto", "on", "off")
+    # Where JPEGs of a folder dataset are decoded: gpu = nvJPEG in the training process
+    # (data/gpudecode.py), cpu = in the loader workers; auto: gpu on CUDA runs.
+    decode: str = _choice("auto", "auto", "cpu", "gpu")
 
 
 @dataclass
@@ -168,6 +175,9 @@ class TrainSection:
     # module-name prefixes left untouched by training (their BatchNorm statistics too), or
     # ["backbone"] for everything but the classifier
     freeze: list[str] = field(default_factory=list)
+    # torch.compile the training model; auto: on for CUDA runs of at least 500 steps
+    # (compiling costs a minute or so, which only a longer run wins back)
+    compile: str = _choice("auto", "auto", "on", "off")
 
 
 @dataclass

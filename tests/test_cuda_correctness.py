@@ -292,8 +292,14 @@ def test_gpu_check_script_runs_its_steps_on_cpu(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(root / "scripts" / "gpu-check"), "--cpu"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=480)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     report = json.loads((tmp_path / "gpu-check.json").read_text())
-    assert report["mode"] == "cpu" and {"cuda-tests", "bench-train", "fit-resnet20"} <= set(report["steps"])
-    assert report["steps"]["bench-train"]["result"]["cnntrain_images_per_s"] > 0
+    steps = report["steps"]
+    assert report["mode"] == "cpu" and {"cuda-tests", "bench-train", "bench-data-jpeg", "bench-data-cifar",
+                                        "fit-resnet20"} <= set(steps)
+    assert steps["bench-train"]["result"]["cnntrain_images_per_s"] > 0
+    assert steps["bench-data-cifar"]["result"]["pipeline"] == "device-resident"
+    assert steps["bench-data-jpeg"]["result"]["baseline_images_per_s"] > 0
+    assert steps["fit-resnet20"]["result"]["epoch"] == 1 and "held on cpu" in steps["fit-resnet20"]["tail"]
+    assert "bench-data-cifar" in done.stdout and "torchvision" in done.stdout

@@ -1,5 +1,6 @@
 """DataLoader settings: the seeded, sharded training loader, the evaluation loader,
-how many loader processes to start, and the collate that stacks uint8 samples and hands
+how many loader processes to start, the loader of undecoded JPEGs for GPU decoding
+(:mod:`cnntrain.data.gpudecode`), and the collate that stacks uint8 samples and hands
 unreadable ones back for counting.
 
 Under several processes the training set is shuffled per epoch by a seeded permutation
@@ -16,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from cnntrain.data.fastjpeg import is_hwc
-from cnntrain.data.folder import Skipped
+from cnntrain.data.folder import ImageFolderDataset, Skipped
+from cnntrain.data.gpudecode import BatchDecoder, DecodedBatches, EncodedFolder, collate_encoded
 from cnntrain.data.sampler import EpochSampler, shard
 
 IN_MEMORY = ("digits", "synthetic")
@@ -66,7 +68,7 @@ def _worker_init(_worker_id: int) -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, workers: int, sampler=None,
-                pin_memory: bool = False, persistent: bool = False) -> DataLoader:
+                pin_memory: bool = False, persistent: bool = False, collate_fn=collate) -> DataLoader:
     """A loader of uint8 batches in the sampler's order (sequential when None).
 
     With an :class:`EpochSampler` every key is (index, augmentation seed), so a sample's
@@ -78,7 +80,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, workers: int, sampler=None
         shuffle=False,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         pin_memory=pin_memory,
         worker_init_fn=_worker_init if workers > 0 else None,
         prefetch_factor=4 if workers > 0 else None,
@@ -95,6 +97,16 @@ def train_loader(dataset: Dataset, batch_size: int, rank: int, world: int, seed:
     sampler = EpochSampler(len(dataset), seed, rank=rank, world=world, repeats=repeats)
     return make_loader(dataset, batch_size, workers=workers, sampler=sampler, pin_memory=pin_memory,
                        persistent=persistent)
+
+
+def gpu_decode_loader(dataset: ImageFolderDataset, batch_size: int, rank: int, world: int, seed: int,
+                      workers: int, device: torch.device, persistent: bool = True, repeats: int = 1) -> DecodedBatches:
+    """:func:`train_loader` for ``data.decode = "gpu"``: workers read the bytes and draw
+    the views (same sampler, same seeds), the training process decodes on ``device``."""
+    sampler = EpochSampler(len(dataset), seed, rank=rank, world=world, repeats=repeats)
+    loader = make_loader(EncodedFolder(dataset), batch_size, workers=workers, sampler=sampler, persistent=persistent,
+                         collate_fn=collate_encoded)
+    return DecodedBatches(loader, BatchDecoder(dataset.transform, device))
 
 
 def val_loader(dataset: Dataset, batch_size: int, rank: int, world: int, workers: int,

@@ -47,18 +47,30 @@ class EpochSampler(Sampler):
         self.epoch, self.start = epoch, start
 
     def order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        perm, seeds, _ = self.draws(0)
+        return perm, seeds
+
+    def draws(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's (indices, augmentation seeds, ``k`` uniforms in [0, 1) per sample)
+        for the whole epoch. The uniforms come from the same (seed, epoch) generator after
+        the order and seeds, so they leave ``order()`` unchanged; batch-wise augmentation
+        (:mod:`cnntrain.data.resident`) draws its views from them."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         perm = torch.randperm(self.size, generator=gen) if self.shuffle else torch.arange(self.size)
         seeds = torch.randint(0, 2**62, (self.size,), generator=gen)
         if self.repeats > 1:  # K copies in a row, each with a seed of its own
             perm = perm.repeat_interleave(self.repeats)
             seeds = torch.randint(0, 2**62, (perm.numel(),), generator=gen)
+        n = perm.numel()
+        uniforms = torch.rand((n, k), generator=gen) if k else torch.empty(n, 0)
         total = self.per_rank * self.world
-        if total > perm.numel():  # pad by wrapping so every rank gets the same count
-            perm = torch.cat([perm, perm[: total - perm.numel()]])
-            seeds = torch.cat([seeds, seeds[: total - seeds.numel()]])
+        if total > n:  # pad by wrapping so every rank gets the same count
+            extra = total - n
+            perm, seeds = torch.cat([perm, perm[:extra]]), torch.cat([seeds, seeds[:extra]])
+            uniforms = torch.cat([uniforms, uniforms[:extra]])
         # with repeats, each rank keeps the first per_rank of its stride (the epoch's length)
-        return perm[self.rank::self.world][: self.per_rank], seeds[self.rank::self.world][: self.per_rank]
+        pick = slice(self.rank, None, self.world)
+        return perm[pick][: self.per_rank], seeds[pick][: self.per_rank], uniforms[pick][: self.per_rank]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         perm, seeds = self.order()

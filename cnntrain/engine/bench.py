@@ -6,12 +6,16 @@ baseline in the same run, on the same machine, and prints the ratio.
   random-resized 224 crops and flips) against torchvision's ImageFolder + PIL +
   RandomResizedCrop(224) + RandomHorizontalFlip + ToTensor + Normalize, with the same
   number of loader workers, over the same JPEGs. Warm-up batches (worker start-up) are
-  not timed.
+  not timed. On CUDA also the same loader with the JPEGs decoded on the GPU
+  (:mod:`~cnntrain.data.gpudecode`).
 - ``bench train``: images/s of cnntrain's training step (the same :class:`FitStep`,
   learning-rate update and accuracy bookkeeping ``fit`` runs, under the recipe's
   precision and memory-format policy) on synthetic data, against a bare PyTorch loop
   (same model, batch and SGD; fp32, NCHW), and against a bare loop with the engine's
-  settings, which isolates the engine's own overhead.
+  settings, which isolates the engine's own overhead. On CUDA also the model FLOP
+  utilisation against the GPU's named dense bf16 peak (:mod:`~cnntrain.engine.mfu`).
+- ``bench data --data CIFAR_ROOT``: the device-resident path against torchvision's
+  CIFAR10 pipeline (:mod:`~cnntrain.engine.bench_cifar`).
 - ``bench decode``: milliseconds per image in one thread, for the baseline's and
   cnntrain's per-sample work and the JPEG decoding inside them, down to the entropy
   decoding that bounds any libjpeg-based pipeline.
@@ -41,11 +45,15 @@ from torchvision.io import decode_jpeg
 
 from cnntrain.data import (EpochSampler, SyntheticSpec, build_data, default_workers, fastjpeg, make_loader,
                            synthetic_spec)
+from cnntrain.data.cifar import find_cifar
 from cnntrain.data.folder import decode_view
+from cnntrain.data.loaders import gpu_decode_loader
 from cnntrain.engine import factory
+from cnntrain.engine.bench_cifar import bench_data_cifar
 from cnntrain.engine.device import resolve_device, tune_cpu_process
 from cnntrain.engine.distributed import SINGLE, per_process_batch
 from cnntrain.engine.metrics import Meter
+from cnntrain.engine.mfu import mfu, train_flops_per_image
 from cnntrain.engine.modelbuild import model_from_recipe
 from cnntrain.engine.optim import LRSchedule
 from cnntrain.engine.options import BenchDataOptions, BenchDecodeOptions, BenchTrainOptions
@@ -144,7 +152,9 @@ def _time_loader(loader, consume: Callable[[Any], int], batches: int, warmup: in
 
 def bench_data(opts: BenchDataOptions) -> dict[str, Any]:
     root, batches, batch_size, warmup = opts.root, opts.batches, opts.batch_size, opts.warmup
-    recipe = load_recipe(opts.recipe, BASELINE_VIEW)
+    if Path(root).is_dir() and find_cifar(Path(root)):
+        return bench_data_cifar(opts, _time_loader, _median)
+    recipe = load_recipe(opts.recipe or "resnet50", BASELINE_VIEW)
     dev = resolve_device(opts.device)
     if dev.type == "cpu":
         tune_cpu_process()
@@ -185,11 +195,16 @@ def bench_data(opts: BenchDataOptions) -> dict[str, Any]:
         float(x.sum())
         return int(x.shape[0])
 
-    ours, base = [], []
+    gpu_loader = (gpu_decode_loader(bundle.train, batch_size, 0, 1, 0, workers, dev, persistent=False)
+                  if dev.type == "cuda" else None)  # a third contender: JPEGs decoded on the GPU
+    ours, base, gpu = [], [], []
     for _ in range(opts.repeats):
         base.append(_time_loader(base_loader, base_consume, batches, warmup))
         ours.append(_time_loader(ours_loader, ours_consume, batches, warmup))
+        if gpu_loader is not None:
+            gpu.append(_time_loader(gpu_loader, ours_consume, batches, warmup))
     result = {"ours_images_per_s": _median(ours), "baseline_images_per_s": _median(base),
+              "gpu_decode_images_per_s": _median(gpu) if gpu else None, "gpu_decode_runs": gpu,
               "ours_runs": ours, "baseline_runs": base, "workers": workers, "batch_size": batch_size,
               "batches": batches, "device": str(dev), "images_in_folder": len(bundle.train),
               "crop": f"{aug.crop} {size}", "recipe": recipe.name, "jpeg_decoder": fastjpeg.decoder()}
@@ -211,6 +226,10 @@ def _print_data(r: dict[str, Any], root: str, repeats: int) -> None:
     print(f"  cnntrain  {r['recipe']} training pipeline ({r['crop'].split()[0]} crop {size}, uint8 until the device): "
           f"{r['ours_images_per_s']:8.1f} images/s  (runs: {_runs(r['ours_runs'])})")
     print(f"            JPEG decoding: {r['jpeg_decoder']}")
+    if r["gpu_decode_images_per_s"] is not None:
+        print(f"  cnntrain  same, JPEGs decoded on the GPU (nvJPEG, data.decode = \"gpu\"): "
+              f"{r['gpu_decode_images_per_s']:8.1f} images/s  (runs: {_runs(r['gpu_decode_runs'])}); "
+              f"ratio {r['gpu_decode_images_per_s'] / r['baseline_images_per_s']:.2f}x")
     print(f"  ratio     {r['ratio']:.2f}x")
 
 
@@ -390,8 +409,17 @@ def bench_train(opts: BenchTrainOptions) -> dict[str, Any]:
         "overhead": 1 - med["cnntrain"] / med["bare_same"],
         "threads": torch.get_num_threads(),
     }
+    if dev.type == "cuda":
+        result.update(_utilisation(recipe, spec, dev, med["cnntrain"]))
     _print_train(result, opts)
     return result
+
+
+def _utilisation(recipe: Recipe, spec: SyntheticSpec, dev: torch.device, images_per_s: float) -> dict[str, Any]:
+    """Model FLOP utilisation of the engine's step (:mod:`~cnntrain.engine.mfu`)."""
+    model = model_from_recipe(recipe, spec.num_classes, spec.channels).to(dev)
+    flops = train_flops_per_image(model, (spec.channels, spec.size, spec.size))
+    return {"train_flops_per_image": flops, **mfu(images_per_s, flops, dev)}
 
 
 def _print_train(r: dict[str, Any], opts: BenchTrainOptions) -> None:
@@ -403,5 +431,9 @@ def _print_train(r: dict[str, Any], opts: BenchTrainOptions) -> None:
     print(f"  cnntrain  fit step ({r['engine_policy']}): {r['cnntrain_images_per_s']:10.1f} images/s  "
           f"(runs: {_runs(r['runs']['cnntrain'])})")
     print(f"  ratio     {r['speedup']:.2f}x")
+    if r.get("peak"):
+        util = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        print(f"  MFU       {util}: {r['achieved_tflops']:.1f} TFLOP/s achieved (3 x forward FLOPs per image) "
+              f"of {r['peak']}")
     print(f"  overhead  {100 * r['overhead']:+.1f}% against a bare loop with the engine's settings "
           f"({r['bare_same_settings_images_per_s']:.1f} images/s; negative: the engine was faster)")

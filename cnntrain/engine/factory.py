@@ -26,7 +26,11 @@ from cnntrain.engine.mixing import BatchMix
 from cnntrain.engine.modelbuild import model_from_recipe
 from cnntrain.engine.optim import build_optimizer
 from cnntrain.engine.step import FitStep, StepExtras
+from cnntrain.errors import CnnTrainError
 from cnntrain.recipe import Recipe
+
+
+AUTO_COMPILE_STEPS = 500  # train.compile = "auto": the shortest CUDA run that is compiled
 
 
 @dataclass
@@ -99,10 +103,39 @@ def build_run(recipe: Recipe, device: torch.device, *, num_classes: int, channel
     ema = make_average(unwrap(model), recipe.train.ema_decay)  # Polyak averaging
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler_needed)
     prep = batch_prep(recipe, device, mean, std)
-    step_model = torch.compile(model) if compile_model else model
-    fit_step = FitStep(step_model, optimizer, scaler, prep, precision, device,
+    fit_step = FitStep(model, optimizer, scaler, prep, precision, device,
                        label_smoothing=recipe.train.label_smoothing, accumulate=recipe.train.accumulate,
                        aux_weight=recipe.train.aux_weight, env=env, ema=ema,
                        seed=recipe.train.seed,
                        extras=step_extras(recipe, device, classes or num_classes, mean, std, env.rank))
+    if compile_model:
+        compile_step(fit_step)
     return RunParts(model, optimizer, scaler, precision, ema, prep, fit_step)
+
+
+def wants_compile(mode: str, device: torch.device, total_steps: int, model: nn.Module | None = None) -> bool:
+    """``train.compile``: on, off, or auto (on for CUDA runs of :data:`AUTO_COMPILE_STEPS`
+    steps or more: compiling a ResNet-50 costs about a minute, which short runs never
+    win back; on CPU the compiled kernels are not reliably faster). DataParallel
+    re-replicates its module every step, which torch.compile does not follow: auto leaves
+    such runs eager, and "on" asks for DDP instead."""
+    data_parallel = isinstance(model, nn.DataParallel)
+    if mode == "auto":
+        return device.type == "cuda" and total_steps >= AUTO_COMPILE_STEPS and not data_parallel
+    if mode == "on" and data_parallel:
+        raise CnnTrainError('train.compile = "on" does not work with --strategy dp; use --nproc N (DDP), '
+                            'or train.compile = "off"')
+    return mode == "on"
+
+
+def compile_step(fit_step: FitStep, rows: int | None = None) -> None:
+    """Compile the step's model for batches of ``rows`` samples (None: whatever comes).
+
+    The compiled module shares the model's parameters, and the model itself (DDP-wrapped
+    where it is: torch compiles DDP per bucket) stays what checkpoints, EMA and
+    evaluation see, so state dicts carry no ``_orig_mod.`` prefix. A batch of another
+    size (an epoch's last, shorter one) runs the model eagerly instead of compiling a
+    second graph or marking the batch dimension dynamic (slower kernels for every step).
+    """
+    fit_step.compiled = torch.compile(fit_step.model)
+    fit_step.compiled_rows = rows

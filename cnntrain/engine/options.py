@@ -126,7 +126,7 @@ class EnsembleOptions(ViewOptions):
 @dataclass(kw_only=True)
 class BenchDataOptions:
     root: str
-    recipe: str = "resnet50"
+    recipe: str | None = None  # None: resnet50 on a folder, resnet20 on CIFAR
     workers: int | None = None
     batches: int = 20
     batch_size: int = 64

@@ -89,6 +89,11 @@ class FitStep:
         self.smoothing, self.accumulate, self.env = label_smoothing, max(1, accumulate), env
         self.aux_weight, self.ema = aux_weight, ema
         self.seed, self.extras = seed, extras or StepExtras()
+        # torch.compile of ``model`` (sharing its parameters), run on batches of
+        # ``compiled_rows`` samples (None: any); other sizes (an epoch's last short batch)
+        # run eagerly, so no shape ever triggers a recompilation (:func:`factory.compile_step`).
+        self.compiled: nn.Module | None = None
+        self.compiled_rows: int | None = None
         self.stepped = False  # did the last call update the weights?
         # Did the fp16 grad scaler skip the last update? A 0-dim tensor on the device (or
         # False): reading it would wait for the GPU, so the loop adds it up unread.
@@ -144,7 +149,12 @@ class FitStep:
         y = y_host.to(self.device, non_blocking=True)
         x, y = self.extras.mixed(x, y, step, part)
         with self.precision.autocast(self.device):
-            outputs = self.model(x)
+            outputs = self._forward_model(x)(x)
             loss = training_loss(outputs, y, self.smoothing, self.aux_weight, self.extras.loss)
             loss = loss + self.extras.distill(outputs, x)
         return outputs, y, loss
+
+    def _forward_model(self, x: torch.Tensor) -> nn.Module:
+        if self.compiled is not None and self.compiled_rows in (None, x.shape[0]):
+            return self.compiled
+        return self.model

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cnntrain.data import DataBundle, build_data, default_workers, train_loader, val_loader
+from cnntrain.data import DataBundle, build_data, default_workers, gpudecode, resident, train_loader, val_loader
+from cnntrain.data.loaders import gpu_decode_loader
 from cnntrain.data.views import progressive_size
 from cnntrain.engine import distributed, factory
 from cnntrain.engine.checkpoint import model_meta
@@ -64,8 +65,7 @@ class Trainer:
         workers = default_workers(d.kind, self.env.local_world) if workers is None else workers
         pin, env = self.device.type == "cuda", self.env
         self.batch = distributed.per_process_batch(recipe.optim.batch_size, env, recipe.train.accumulate)
-        self.train_loader = train_loader(d.train, self.batch, env.rank, env.world, recipe.train.seed, workers, pin,
-                                         repeats=recipe.train.repeated_aug, persistent=not recipe.data.progressive)
+        self.train_loader = self._train_loader(workers, pin)
         self.sampler = self.train_loader.sampler
         eval_batch = max(1, (recipe.eval.batch_size or recipe.optim.batch_size) // env.world)
         self.val_loader = (val_loader(d.val, eval_batch, env.rank, env.world, workers, pin)
@@ -74,6 +74,8 @@ class Trainer:
         limits = [recipe.train.iterations or math.inf, (recipe.train.epochs or math.inf) * self.steps_per_epoch]
         self.total_steps = int(min(limits))
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        if factory.wants_compile(recipe.train.compile, self.device, self.total_steps, self.model):
+            factory.compile_step(self.fit_step, self.batch // max(1, recipe.train.accumulate))
         self.schedule = LRSchedule(recipe.schedule, recipe.optim.lr, self.steps_per_epoch, self.total_steps)
         meta = model_meta(recipe.to_dict(), d.classes, d.channels, d.mean, d.std)
         meta["data"] = d.root or (opts.data if opts.data else None)
@@ -83,6 +85,22 @@ class Trainer:
         self.guards = Guards(recipe, self.out, env, self.progress)
         self.stop = GracefulStop()
         self.skipped_before_epoch = 0
+
+    def _train_loader(self, workers: int, pin: bool):
+        """Device-resident batches where ``data.on_device`` allows, JPEGs decoded on the GPU
+        where ``data.decode`` says so, else the worker loader."""
+        d, env, seed = self.data, self.env, self.recipe.train.seed
+        if resident.use_resident(self.recipe, d.train, d.channels, self.device):
+            d.notes.append(f"training images held on {self.device.type} as uint8, batches cropped and flipped "
+                           "there (data.on_device)")
+            return resident.resident_loader(self.recipe, d.train, self.device, self.batch, env.rank, env.world, seed)
+        repeats, persistent = self.recipe.train.repeated_aug, not self.recipe.data.progressive
+        if gpudecode.use_gpu_decode(self.recipe, d.train, self.device):
+            d.notes.append(f"JPEGs decoded on {self.device} (nvJPEG), views applied there (data.decode)")
+            return gpu_decode_loader(d.train, self.batch, env.rank, env.world, seed, workers, self.device,
+                                     persistent=persistent, repeats=repeats)
+        return train_loader(d.train, self.batch, env.rank, env.world, seed, workers, pin, repeats=repeats,
+                            persistent=persistent)
 
     def _check_classes(self) -> None:
         wanted = self.recipe.data.num_classes
@@ -162,7 +180,8 @@ class Trainer:
         d = self.data
         print(f"fit {self.recipe.name}: {self.recipe.model.arch} on {d.kind} "
               f"({len(d.train)} train / {len(d.val)} val, {d.num_classes} classes), "
-              f"{distributed.describe(self.env, self.device, self.model)} {self.parts.precision.describe()}, "
+              f"{distributed.describe(self.env, self.device, self.model)} {self.parts.precision.describe()}"
+              f"{', compiled' if self.fit_step.compiled is not None else ''}, "
               f"{self.epochs} epochs x {self.steps_per_epoch} steps -> {self.out}")
 
     def _begin_epoch(self) -> tuple[tqdm, float, int, float]:
