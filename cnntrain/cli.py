@@ -89,7 +89,7 @@ def fit(
 
 @app.command("eval")
 def eval_(
-    checkpoint: str = typer.Argument(..., help="A best.pt or last.pt."),
+    checkpoint: Optional[str] = typer.Argument(None, help="A best.pt or last.pt."),
     data: Optional[str] = typer.Option(None, "--data", help="Default: the data the checkpoint was trained on."),
     split: str = typer.Option("val", "--split", help="val or train."),
     topk: Optional[int] = typer.Option(None, "--topk", help="Also report top-K accuracy (default: the recipe's)."),
@@ -101,20 +101,30 @@ def eval_(
     workers: Optional[int] = typer.Option(None, "--workers"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     nproc: int = typer.Option(1, "--nproc", help="Evaluate a shard in each of N processes (one per GPU)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="A paper's test protocol, e.g. 10crop, "
+                                           "vgg-dense, googlenet-144; 'list' shows them all."),
 ) -> None:
     """Top-1 and top-K accuracy, loss and sample count of a checkpoint."""
     from cnntrain.engine.distributed import env_from_environ, teardown
     from cnntrain.engine.evaluate import eval_checkpoint
     from cnntrain.engine.launch import check_launch, launch
+    from cnntrain.data.protocols import describe_protocols
+    from cnntrain.engine.protocols import eval_protocol
 
+    if protocol == "list":
+        typer.echo(describe_protocols())
+        return
+    if checkpoint is None:
+        raise CnnTrainError("eval needs a checkpoint: cnntrain eval runs/x/best.pt (or --protocol list)")
     opts = EvalOptions(checkpoint=checkpoint, data=data, split=split, topk=topk, crops=crops,
                        scales=parse_scales(scales), device=device, workers=workers, batch_size=batch_size,
-                       nproc=nproc)
+                       nproc=nproc, protocol=protocol)
     check_launch(nproc, device, "ddp")
+    run = eval_protocol if protocol else eval_checkpoint
     if nproc > 1:
-        result = launch(eval_checkpoint, (opts,), nproc, debug=_state["debug"])
+        result = launch(run, (opts,), nproc, debug=_state["debug"])
     else:
-        result = eval_checkpoint(opts)
+        result = run(opts)
         teardown()
     if env_from_environ().is_main:
         write_json(result, json_out)

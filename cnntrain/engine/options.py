@@ -71,11 +71,15 @@ class ViewOptions:
 class EvalOptions(ViewOptions):
     checkpoint: str
     split: str = "val"
-    scales: list[int] | None = None  # None: the recipe's eval.scales
+    scales: list[int] | None = None  # None: the recipe's eval.scales (with a protocol: its scales)
     nproc: int = 1
+    protocol: str | None = None  # a test-protocol preset (cnntrain.data.protocols)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.protocol is not None and self.crops is not None:
+            raise CnnTrainError(f"--protocol {self.protocol} and --crops {self.crops}: the protocol sets the crops; "
+                                "give one of them")
         if self.split not in SPLITS:
             raise CnnTrainError(f"--split {self.split!r}: use val or train")
         if self.scales is not None and any(v <= 0 for v in self.scales):
