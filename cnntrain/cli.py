@@ -23,7 +23,7 @@ import typer
 from cnntrain.errors import CnnTrainError
 from cnntrain.engine.options import (BenchDataOptions, BenchDecodeOptions, BenchTrainOptions, EnsembleOptions,
                                      EvalOptions, FitOptions, parse_scales)
-from cnntrain.models import build_model, list_models, model_info
+from cnntrain.models import aux_head_params, build_model, inference_params, list_models, model_info
 from cnntrain.output import write_json
 from cnntrain.recipe import load_recipe, recipe_names
 
@@ -190,16 +190,19 @@ def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         info = model_info(name)
         classes = info.default_classes
         with torch.device("meta"):
-            params = sum(p.numel() for p in build_model(name, num_classes=classes).parameters())
+            model = build_model(name, num_classes=classes)
         rows.append({"name": name, "family": info.family, "year": info.year, "input": info.input_size,
-                     "classes": classes, "params": params, "paper": info.paper})
+                     "classes": classes, "params": inference_params(model), "aux_params": aux_head_params(model),
+                     "paper": info.paper})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     width = max(len(r["name"]) for r in rows) + 2
-    typer.echo(f"{'model':<{width}}{'year':<6}{'input':<7}{'params':>13}  paper")
-    for r in rows:
-        typer.echo(f"{r['name']:<{width}}{r['year']:<6}{r['input']:<7}{r['params']:>13,}  {r['paper']}")
+    count = [f"{r['params']:,}" + (f" (+{r['aux_params']:,} aux heads)" if r["aux_params"] else "") for r in rows]
+    wc = max(map(len, count)) + 2
+    typer.echo(f"{'model':<{width}}{'year':<6}{'input':<7}{'params (inference)':>{wc}}  paper")
+    for r, c in zip(rows, count):
+        typer.echo(f"{r['name']:<{width}}{r['year']:<6}{r['input']:<7}{c:>{wc}}  {r['paper']}")
 
 
 @app.command()

@@ -80,5 +80,5 @@ def build_run(recipe: Recipe, device: torch.device, *, num_classes: int, channel
     fit_step = FitStep(step_model, optimizer, scaler, prep, precision, device,
                        label_smoothing=recipe.train.label_smoothing, accumulate=recipe.train.accumulate,
                        aux_weight=recipe.train.aux_weight, env=env, ema=ema,
-                       seed=recipe.train.seed)
+                       seed=recipe.train.seed, renorm_first_conv=recipe.train.renorm_first_conv)
     return RunParts(model, optimizer, scaler, precision, ema, prep, fit_step)
