@@ -255,3 +255,15 @@ def test_models_and_compare_count_inference_parameters():
     assert "7.0M (+6.4M aux heads)" in table(rows)
     se = rows[1]
     assert (se.weight_layers, se.conv_layers, se.fc_layers, se.fc_widths) == (50, 49, 1, [1000])
+
+
+@pytest.mark.cuda
+def test_dense_protocol_runs_on_cuda(lenet_run, capsys):
+    """The same dense scores on the GPU (channels_last, the run's autocast; fp32 classifier)."""
+    code, out, err = run_cli(["eval", lenet_run / "best.pt", "--protocol", "resnet-fcn-multiscale",
+                              "--workers", "0", "--device", "cuda"], capsys)
+    assert code == 0, err
+    gpu = out.splitlines()[1]
+    code, out, err = run_cli(["eval", lenet_run / "best.pt", "--protocol", "resnet-fcn-multiscale", *FAST], capsys)
+    assert code == 0, err
+    assert gpu.split()[:2] == out.splitlines()[1].split()[:2]  # same top-1 on 12 images
