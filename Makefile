@@ -26,7 +26,7 @@ demo: install
 	$(BIN)/cnntrain ensemble runs/demo-a/best.pt runs/demo-b/best.pt --json runs/ensemble.json
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -22,7 +22,7 @@ import typer
 
 from cnntrain.errors import CnnTrainError
 from cnntrain.engine.options import (BenchDataOptions, BenchDecodeOptions, BenchTrainOptions, EnsembleOptions,
-                                     EvalOptions, FitOptions, parse_scales)
+                                     EvalOptions, FitOptions, parse_scales, parse_seeds)
 from cnntrain.models import aux_head_params, build_model, inference_params, list_models, model_info
 from cnntrain.output import write_json
 from cnntrain.recipe import load_recipe, recipe_names
@@ -52,6 +52,8 @@ def fit(
                                  help="ddp (DistributedDataParallel) or dp (DataParallel, one process, all GPUs)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading processes (default: from the cores)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sets train.seed."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Train once per seed, e.g. 0,1,2, into OUT/seed0, "
+                                        "OUT/seed1 ... (`cnntrain runs` shows their mean and spread)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="'auto' (OUT/last.pt if present) or a checkpoint path."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the tqdm bar."),
 ) -> None:
@@ -75,16 +77,21 @@ def fit(
         overrides.append(f"train.seed={seed}")
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
-    r = load_recipe(recipe, overrides)
-    if epochs is not None:
-        r.train.iterations = None
-    opts = FitOptions(out=out or Path("runs") / r.name, data=data, device=device, workers=workers,
-                      resume=resume, progress=progress, strategy=strategy)
-    if nproc > 1:
-        per_process_batch(r.optim.batch_size, DistEnv(world=nproc), r.train.accumulate)
-        launch(run_fit, (r, opts), nproc, debug=_state["debug"])
-    else:
-        run_fit(r, opts)
+    if seeds is not None and seed is not None:
+        raise CnnTrainError("--seed and --seeds: give one of them")
+    for one_seed in parse_seeds(seeds) if seeds is not None else [None]:
+        extra = [] if one_seed is None else [f"train.seed={one_seed}"]
+        r = load_recipe(recipe, overrides + extra)
+        if epochs is not None:
+            r.train.iterations = None
+        run_out = out or Path("runs") / r.name
+        opts = FitOptions(out=run_out if one_seed is None else run_out / f"seed{one_seed}", data=data,
+                          device=device, workers=workers, resume=resume, progress=progress, strategy=strategy)
+        if nproc > 1:
+            per_process_batch(r.optim.batch_size, DistEnv(world=nproc), r.train.accumulate)
+            launch(run_fit, (r, opts), nproc, debug=_state["debug"])
+        else:
+            run_fit(r, opts)
 
 
 @app.command("eval")
@@ -103,6 +110,10 @@ def eval_(
     nproc: int = typer.Option(1, "--nproc", help="Evaluate a shard in each of N processes (one per GPU)."),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="A paper's test protocol, e.g. 10crop, "
                                            "vgg-dense, googlenet-144; 'list' shows them all."),
+    report: Optional[str] = typer.Option(None, "--report", help="Write per_class.csv, confusion.png, "
+                                         "calibration.png, mistakes.md and report.md into this folder."),
+    save_logits: Optional[str] = typer.Option(None, "--save-logits", help="Save logits, labels, sample ids and "
+                                              "class names to FILE.npz (for ensemble --logits)."),
 ) -> None:
     """Top-1 and top-K accuracy, loss and sample count of a checkpoint."""
     from cnntrain.engine.distributed import env_from_environ, teardown
@@ -118,7 +129,7 @@ def eval_(
         raise CnnTrainError("eval needs a checkpoint: cnntrain eval runs/x/best.pt (or --protocol list)")
     opts = EvalOptions(checkpoint=checkpoint, data=data, split=split, topk=topk, crops=crops,
                        scales=parse_scales(scales), device=device, workers=workers, batch_size=batch_size,
-                       nproc=nproc, protocol=protocol)
+                       nproc=nproc, protocol=protocol, report=report, save_logits=save_logits)
     check_launch(nproc, device, "ddp")
     run = eval_protocol if protocol else eval_checkpoint
     if nproc > 1:
@@ -132,7 +143,7 @@ def eval_(
 
 @app.command()
 def ensemble(
-    checkpoints: List[str] = typer.Argument(..., help="Two or more checkpoints."),
+    checkpoints: List[str] = typer.Argument(..., help="Two or more checkpoints (with --logits: .npz files)."),
     data: Optional[str] = typer.Option(None, "--data"),
     topk: int = typer.Option(5, "--topk"),
     combine: str = typer.Option("prob", "--combine", help="prob (average softmax) or logit."),
@@ -141,13 +152,17 @@ def ensemble(
     device: str = typer.Option("auto", "--device"),
     workers: Optional[int] = typer.Option(None, "--workers"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    logits: bool = typer.Option(False, "--logits", help="The arguments are outputs saved by eval --save-logits: "
+                                "combine them without models or data."),
+    report: Optional[str] = typer.Option(None, "--report", help="Write the ensemble's report into this folder."),
 ) -> None:
-    """Each member's and the ensemble's top-1/top-K, reading the data once."""
+    """Each member's and the ensemble's top-1/top-K, reading the data once (or none, with --logits)."""
     from cnntrain.engine.evaluate import ensemble_checkpoints
+    from cnntrain.engine.report import ensemble_saved
 
     opts = EnsembleOptions(checkpoints=list(checkpoints), data=data, topk=topk, combine=combine, crops=crops,
-                           device=device, workers=workers, batch_size=batch_size)
-    write_json(ensemble_checkpoints(opts), json_out)
+                           device=device, workers=workers, batch_size=batch_size, report=report, saved=logits)
+    write_json(ensemble_saved(opts) if logits else ensemble_checkpoints(opts), json_out)
 
 
 @app.command()
@@ -242,6 +257,35 @@ def compare(
         skipped = draw_plot(rows, plot)
         note = f" (no paper error, not plotted: {', '.join(skipped)})" if skipped else ""
         typer.echo(f"wrote {plot}{note}")
+
+
+# --------------------------------------------------------------------------- looking at runs (plot, runs)
+
+
+@app.command()
+def plot(
+    runs: List[str] = typer.Argument(..., help="Run folders (each holds the metrics.jsonl fit wrote)."),
+    out: str = typer.Option("curves.png", "--out", help="The PNG to write."),
+    metrics: str = typer.Option("loss,top1,lr", "--metrics", help="Panels: loss, lr, top1, top5 ... "
+                                "(train dashed, val solid; one colour per run)."),
+) -> None:
+    """Training curves of one or several runs, overlaid."""
+    from cnntrain.runs import parse_metrics, plot_runs
+
+    typer.echo(plot_runs(list(runs), out, parse_metrics(metrics)))
+
+
+@app.command()
+def runs(
+    folder: Path = typer.Argument(Path("runs"), help="Where the run folders are (searched recursively)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Every run under FOLDER: recipe, model, epochs, best top-1/top-K, paper error, wall time, state;
+    seed0/seed1/... folders of one recipe as mean ± std."""
+    from cnntrain.runs import format_runs, runs_table
+
+    table = runs_table(folder)
+    typer.echo(json.dumps(table, indent=2) if as_json else format_runs(table))
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Measure cnntrain against a plain PyTorch baseline.")

@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from cnntrain.errors import CnnTrainError
 from cnntrain.models import aux_head_params, build_model, check_model_name, list_models, model_info
+from cnntrain.plots import compare_chart
 from cnntrain.recipe import load_recipe, recipe_names
 from cnntrain.summary import human, summarize
 
@@ -58,9 +58,9 @@ class ArchRow:
     batchnorm: bool
     params: int
     macs: int
-    aux_params: int = 0  # auxiliary training heads, not in params
     top1_err: float | None = None
     top5_err: float | None = None
+    aux_params: int = 0  # auxiliary training heads, not in params
 
 
 class _Paths(TorchFunctionMode):
@@ -207,109 +207,24 @@ def table(rows: list[ArchRow]) -> str:
 # --------------------------------------------------------------------------- the chart
 
 
-def _font(size: int):  # type: ignore[no-untyped-def]
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _ticks(lo: float, hi: float, target: int = 6) -> list[float]:
-    raw = (hi - lo) / target
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
-
-
-def plot(rows: list[ArchRow], path: str | Path, size: tuple[int, int] = (960, 640)) -> list[str]:
-    """Accuracy (100 - top-5 error, or top-1 where the paper gave no top-5) against MACs,
-    marker area proportional to parameters, each point labelled. Returns the models left
-    out for want of a reported error."""
-    points = [(r, 100 - (r.top5_err if r.top5_err is not None else r.top1_err), r.top5_err is None)
-              for r in rows if r.top5_err is not None or r.top1_err is not None]
+def plot(rows: list[ArchRow], path: str | Path) -> list[str]:
+    """Paper error against MACs, one metric per panel: top-1 error on the left, top-5
+    error on the right, each model in every panel its paper gives that number for (so
+    top-1 and top-5 never share an axis). Returns the models with neither number."""
+    panels = []
+    for metric, attr in (("top-1 error", "top1_err"), ("top-5 error", "top5_err")):
+        pts = [{"model": r.model, "macs": r.macs, "params": r.params, "err": getattr(r, attr)}
+               for r in rows if getattr(r, attr) is not None]
+        if pts:
+            panels.append((metric, pts))
     skipped = [r.model for r in rows if r.top5_err is None and r.top1_err is None]
-    if not points:
+    if not panels:
         raise CnnTrainError("--plot: none of these models has a paper error (a recipe of the same "
                             "name with paper.reported top5_err or top1_err); nothing to plot")
-    width, height = size
-    left, right, top, bottom = 90, 30, 60, 84
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img, "RGBA")
-    small, normal, big = _font(13), _font(15), _font(18)
-
-    xmax_g = max(r.macs for r, _, _ in points) / 1e9 * 1.12
-    xticks = _ticks(0, xmax_g)
-    x_hi = xticks[-1] if xticks[-1] >= xmax_g else xticks[-1] + (xticks[1] - xticks[0])
-    accs = [a for _, a, _ in points]
-    ylo, yhi = min(accs) - 4, min(100.0, max(accs) + 4)
-    yticks = _ticks(ylo, yhi)
-    ystep = yticks[1] - yticks[0] if len(yticks) > 1 else 5.0
-    y_lo, y_hi = math.floor(ylo / ystep) * ystep, min(100.0, math.ceil(yhi / ystep) * ystep)
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def px(g: float) -> float:
-        return left + g / x_hi * plot_w
-
-    def py(acc: float) -> float:
-        return top + (y_hi - acc) / (y_hi - y_lo) * plot_h
-
-    for g in _ticks(0, x_hi):
-        x = px(g)
-        draw.line([(x, top), (x, top + plot_h)], fill=(230, 230, 230))
-        draw.line([(x, top + plot_h), (x, top + plot_h + 5)], fill="black")
-        draw.text((x, top + plot_h + 8), f"{g:g}", fill="black", font=small, anchor="mt")
-    for a in _ticks(y_lo, y_hi):
-        y = py(a)
-        draw.line([(left, y), (left + plot_w, y)], fill=(230, 230, 230))
-        draw.line([(left - 5, y), (left, y)], fill="black")
-        draw.text((left - 8, y), f"{a:g}", fill="black", font=small, anchor="rm")
-    draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
-    draw.text((left + plot_w / 2, height - 44), "multiply-accumulates per image (G-MACs)", fill="black",
-              font=normal, anchor="mm")
-    label = Image.new("RGBA", (320, 24), (255, 255, 255, 0))
-    ImageDraw.Draw(label).text((160, 12), "accuracy (%): 100 - top-5 error", fill="black", font=normal,
-                               anchor="mm")
-    label = label.rotate(90, expand=True)
-    img.paste(label, (14, int(top + plot_h / 2 - label.height / 2)), label)
-    draw.text((width / 2, 24), "Accuracy against operations; marker area proportional to parameters",
-              fill="black", font=big, anchor="mm")
-
-    pmax = max(r.params for r, _, _ in points)
-    scale = min(3.5, 42 / math.sqrt(pmax / 1e6))  # pixels per sqrt(million parameters)
-    palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-               (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-    placed: list[tuple[float, float, float, float]] = []
-    marks = []
-    for i, (r, acc, top1) in enumerate(sorted(points, key=lambda p: -p[0].params)):
-        x, y = px(r.macs / 1e9), py(acc)
-        rad = max(3.0, scale * math.sqrt(r.params / 1e6))
-        color = palette[i % len(palette)]
-        draw.ellipse([x - rad, y - rad, x + rad, y + rad], fill=(*color, 110), outline=(*color, 255), width=2)
-        draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(*color, 255))
-        marks.append((r, acc, top1, x, y, rad))
-    for r, acc, top1, x, y, rad in marks:
-        text = f"{r.model} ({human(r.params)})" + (" top-1" if top1 else "")
-        tw = draw.textlength(text, font=small)
-        th = 14
-        options = [(x + rad + 4, y - th / 2), (x - rad - 4 - tw, y - th / 2), (x - tw / 2, y - rad - th - 3),
-                   (x - tw / 2, y + rad + 3), (x + rad * 0.7 + 3, y - rad * 0.7 - th),
-                   (x + rad * 0.7 + 3, y + rad * 0.7)]
-
-        def free(box: tuple[float, float, float, float]) -> bool:
-            inside = box[0] >= left + 2 and box[2] <= left + plot_w - 2 and box[1] >= top + 2 and \
-                box[3] <= top + plot_h - 2
-            return inside and not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
-                                      for b in placed)
-
-        boxes = [(ox, oy, ox + tw, oy + th) for ox, oy in options]
-        box = next((b for b in boxes if free(b)), boxes[0])
-        placed.append(box)
-        draw.text((box[0], box[1]), text, fill="black", font=small)
-    key = f"top-1 accuracy where the paper gave no top-5; not plotted: {', '.join(skipped)}" if skipped \
-        else "top-1 accuracy where the paper gave no top-5"
-    if any(t for *_, t, _, _, _ in marks) or skipped:
-        draw.text((left + plot_w, height - 6), key, fill=(90, 90, 90), font=_font(11), anchor="rd")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG")
+    only = {m: [r.model for r in rows if getattr(r, a) is not None and getattr(r, b) is None]
+            for m, a, b in (("top-1", "top1_err", "top5_err"), ("top-5", "top5_err", "top1_err"))}
+    notes = [f"{m} only: {', '.join(names)}" for m, names in only.items() if names and len(panels) > 1]
+    notes += [f"no paper error, not plotted: {', '.join(skipped)}"] if skipped else []
+    note = "; ".join(["errors as each recipe's paper.reported gives them", *notes])
+    compare_chart(panels, path, note=note)
     return skipped

@@ -1,6 +1,13 @@
 """Shared fixtures: tiny datasets written by the tests themselves, and a CLI runner."""
 from __future__ import annotations
 
+import os
+
+# One intra-op thread per test process: the suite runs as two pytest-xdist workers on
+# two cores, and two OpenMP threads per worker oversubscribe them (inception-v4's
+# backward at 75 px took 8-27 s with 2 threads under load against 1 s with one).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pickle
 from pathlib import Path
 
@@ -10,6 +17,8 @@ import torch
 from PIL import Image
 
 from cnntrain.cli import main
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -64,7 +64,7 @@ def test_cli_compare_table_json_and_plot(capsys, tmp_path):
     assert rows[0]["lrn"] is True and isinstance(rows[0]["macs"], int)
     with Image.open(png) as img:
         img.load()
-        assert img.format == "PNG" and img.size == (960, 640)
+        assert img.format == "PNG" and img.size == (1440, 640)  # top-1 and top-5 panels
         assert len(img.getcolors(1 << 16) or range(2)) > 2  # something was drawn
 
 

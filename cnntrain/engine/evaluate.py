@@ -20,6 +20,8 @@ from cnntrain.engine.device import Precision, ahead_to_device, choose_precision,
 from cnntrain.engine.metrics import Meter
 from cnntrain.engine.options import EnsembleOptions, EvalOptions
 from cnntrain.engine.paperline import accuracy_ks, accuracy_text, distinct_views, paper_lines
+from cnntrain.engine.outputs import Collector
+from cnntrain.engine.report import eval_outputs
 from cnntrain.errors import CnnTrainError
 from cnntrain.recipe import Recipe, recipe_from_dict
 
@@ -37,11 +39,12 @@ def _member_scores(model: nn.Module, x: torch.Tensor, crops: int) -> tuple[torch
 @torch.no_grad()
 def evaluate(models: list[nn.Module], loader, preps: list[BatchPrep], device: torch.device,
              precision: Precision, ks: tuple[int, ...], combine: str | None = None,
-             progress: bool = False, views: int = 0) -> tuple[list[Meter], list]:
+             progress: bool = False, views: int = 0, sink: Collector | None = None) -> tuple[list[Meter], list]:
     """Meters for each model, plus one for their combination when ``combine`` is given;
     and the unreadable samples met on the way. ``views``: rows each model returns per
     image of a 4-d batch (a dense protocol's scales and mirrors); a 5-d batch of crops
-    says its own."""
+    says its own. A ``sink`` also receives every batch's per-member logits and
+    probabilities (for reports and saved outputs)."""
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
@@ -65,6 +68,8 @@ def evaluate(models: list[nn.Module], loader, preps: list[BatchPrep], device: to
                     meter.update(logits, y, F.cross_entropy(logits, y))
                 all_logits.append(logits)
                 all_probs.append(probs)
+            if sink is not None:
+                sink.add(all_logits, all_probs, y)
             if combine == "logit":
                 logits = torch.stack(all_logits).mean(0)
                 meters[-1].update(logits, y, F.cross_entropy(logits, y))
@@ -148,8 +153,11 @@ def eval_checkpoint(opts: EvalOptions) -> dict[str, Any]:
     loader = val_loader(bundle.val, opts.batch_size or recipe.eval.batch_size or recipe.optim.batch_size,
                         env.rank, env.world, workers, dev.type == "cuda")
     prep = BatchPrep(tuple(meta["mean"]), tuple(meta["std"]), dev, precision.channels_last)
+    sink = Collector() if opts.report or opts.save_logits else None
+    if sink is not None and env.world > 1:
+        raise CnnTrainError("--report and --save-logits read every image in one process; drop --nproc/torchrun")
     (meter,), skipped = evaluate([model], loader, [prep], dev, precision, ks,
-                                 progress=opts.progress and env.is_main)
+                                 progress=opts.progress and env.is_main, sink=sink)
     meter = distributed.reduce_meter(meter, env, dev)
     (n_skipped,) = distributed.sum_ints([len(skipped)], env, dev)
     views = crops * max(1, len(scales))
@@ -171,6 +179,8 @@ def eval_checkpoint(opts: EvalOptions) -> dict[str, Any]:
         print(f"skipped {len(skipped)} unreadable file(s): {', '.join(b.path for b in skipped[:5])}")
     elif n_skipped:
         print(f"skipped {n_skipped} unreadable file(s) on other processes")
+    if sink is not None:
+        result.update(eval_outputs(sink, opts, bundle.val, skipped, [(path, meta, recipe)], result, ks[-1]))
     return result
 
 
@@ -199,8 +209,9 @@ def ensemble_checkpoints(opts: EnsembleOptions) -> dict[str, Any]:
                          pin_memory=dev.type == "cuda")
     # Each member's inputs in its own memory format; autocast as the first member's recipe says.
     preps = [BatchPrep(tuple(m["mean"]), tuple(m["std"]), dev, p.channels_last) for _, m, _, p in members]
-    meters, _ = evaluate([m for m, _, _, _ in members], loader, preps, dev, precision, (1, topk),
-                         combine=combine, progress=opts.progress)
+    sink = Collector() if opts.report else None
+    meters, skipped = evaluate([m for m, _, _, _ in members], loader, preps, dev, precision, (1, topk),
+                               combine=combine, progress=opts.progress, sink=sink)
     results = []
     for path, (_, meta, _, _), meter in zip(paths, members, meters):
         r = meter.result()
@@ -211,4 +222,8 @@ def ensemble_checkpoints(opts: EnsembleOptions) -> dict[str, Any]:
     ens = meters[-1].result()
     print(f"ensemble of {len(paths)} ({combine} average)  top1 {ens['top1']:.2f}%  "
           f"top{topk} {ens[f'top{topk}']:.2f}%  loss {ens['loss']:.4f}  on {ens['samples']} images")
-    return {**ens, "combine": combine, "members": results}
+    out = {**ens, "combine": combine, "members": results}
+    if sink is not None:
+        out.update(eval_outputs(sink, opts, bundle.val, skipped, [(p, m, r) for p, (_, m, r, _) in zip(paths, members)],
+                                out, topk))
+    return out

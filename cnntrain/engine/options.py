@@ -31,6 +31,17 @@ def parse_scales(text: str | None) -> list[int] | None:
     return scales
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``fit --seeds 0,1,2`` -> [0, 1, 2]: one run per seed."""
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CnnTrainError(f"--seeds {text!r}: expected integers, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise CnnTrainError(f"--seeds {text!r}: give distinct non-negative seeds, e.g. 0,1,2")
+    return seeds
+
+
 @dataclass
 class FitOptions:
     out: Path
@@ -43,6 +54,11 @@ class FitOptions:
 
     def __post_init__(self) -> None:
         _at_least(0, workers=self.workers)  # --strategy and --nproc: launch.check_launch
+
+
+def _check_npz(flag: str, path: str | None) -> None:
+    if path is not None and not str(path).endswith(".npz"):
+        raise CnnTrainError(f"{flag} {path}: give a file name ending in .npz")
 
 
 @dataclass(kw_only=True)
@@ -74,9 +90,14 @@ class EvalOptions(ViewOptions):
     scales: list[int] | None = None  # None: the recipe's eval.scales (with a protocol: its scales)
     nproc: int = 1
     protocol: str | None = None  # a test-protocol preset (cnntrain.data.protocols)
+    report: str | None = None  # folder for per_class.csv, confusion/calibration charts, report.md
+    save_logits: str | None = None  # .npz of logits, probabilities, labels, sample ids, classes
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_npz("--save-logits", self.save_logits)
+        if (self.report or self.save_logits) and self.nproc > 1:
+            raise CnnTrainError("--report and --save-logits read every image in one process; drop --nproc")
         if self.protocol is not None and self.crops is not None:
             raise CnnTrainError(f"--protocol {self.protocol} and --crops {self.crops}: the protocol sets the crops; "
                                 "give one of them")
@@ -91,11 +112,17 @@ class EvalOptions(ViewOptions):
 class EnsembleOptions(ViewOptions):
     checkpoints: list[str] = field(default_factory=list)
     combine: str = "prob"
+    report: str | None = None  # folder for the ensemble's report (engine.report)
+    saved: bool = False  # the checkpoints are .npz files of saved outputs (`ensemble --logits`)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if len(self.checkpoints) < 2:
-            raise CnnTrainError("an ensemble needs at least two checkpoints")
+            raise CnnTrainError(f"an ensemble needs at least two {'.npz files' if self.saved else 'checkpoints'}")
+        for path in self.checkpoints if self.saved else []:
+            _check_npz("--logits", path)
+        if self.saved and self.data is not None:
+            raise CnnTrainError("--data with --logits: saved outputs are combined without data; drop --data")
         if self.combine not in COMBINES:
             raise CnnTrainError(f"--combine {self.combine!r}: use prob or logit")
 

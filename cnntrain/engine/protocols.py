@@ -19,6 +19,9 @@ from cnntrain.engine import distributed
 from cnntrain.engine.dense import DenseScorer, fully_convolutional
 from cnntrain.engine.evaluate import _check_classes, _load_member, evaluate, fp32_head
 from cnntrain.engine.options import EvalOptions
+from cnntrain.engine.outputs import Collector
+from cnntrain.engine.report import eval_outputs
+from cnntrain.errors import CnnTrainError
 from cnntrain.engine.paperline import accuracy_ks, accuracy_text, distinct_views, paper_lines, views_text
 
 
@@ -49,8 +52,11 @@ def eval_protocol(opts: EvalOptions) -> dict[str, Any]:
     loader = val_loader(bundle.val, batch, env.rank, env.world, workers, dev.type == "cuda")
     prep = BatchPrep(tuple(meta["mean"]), tuple(meta["std"]), dev, precision.channels_last)
     scorer, views = _scorer(model, meta, protocol, scales, size)
+    sink = Collector() if opts.report or opts.save_logits else None
+    if sink is not None and env.world > 1:
+        raise CnnTrainError("--report and --save-logits read every image in one process; drop --nproc/torchrun")
     (meter,), skipped = evaluate([scorer], loader, [prep], dev, precision, ks,
-                                 progress=opts.progress and env.is_main, views=views)
+                                 progress=opts.progress and env.is_main, views=views, sink=sink)
     meter = distributed.reduce_meter(meter, env, dev)
     (n_skipped,) = distributed.sum_ints([len(skipped)], env, dev)
     distinct = distinct_views(bundle.val, transform) if env.is_main else None
@@ -69,5 +75,7 @@ def eval_protocol(opts: EvalOptions) -> dict[str, Any]:
         print(line)
     if n_skipped:
         print(f"skipped {n_skipped} unreadable file(s)")
+    if sink is not None:  # the per-image scores are the protocol's averages
+        result.update(eval_outputs(sink, opts, bundle.val, skipped, [(path, meta, recipe)], result, ks[-1]))
     return result
 

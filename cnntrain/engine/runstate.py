@@ -9,6 +9,10 @@ at any step and resumed ends bitwise equal to one that was never stopped (on CPU
 from __future__ import annotations
 
 import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,22 @@ from cnntrain.engine.ema import WeightAverage
 from cnntrain.engine.metrics import Meter
 from cnntrain.engine.optim import LRSchedule
 from cnntrain.errors import CnnTrainError
+
+MARKER = ".running"  # OUT/.running while fit runs: `cnntrain runs` tells running from interrupted
+
+
+@contextmanager
+def running_marker(out: Path, enabled: bool = True) -> Iterator[None]:
+    """``OUT/.running`` (host and process id) while the body runs, removed however it ends
+    (a SIGKILL leaves it naming a dead process, which ``cnntrain runs`` checks)."""
+    marker = Path(out) / MARKER
+    if enabled:
+        marker.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    try:
+        yield
+    finally:
+        if enabled:
+            marker.unlink(missing_ok=True)
 
 
 def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:

@@ -36,7 +36,7 @@ from cnntrain.engine.guards import EXIT_NONFINITE, Guards, NonFiniteLoss, stoppe
 from cnntrain.engine.metrics import Meter, RunLog, epoch_line, run_log
 from cnntrain.engine.optim import LRSchedule
 from cnntrain.engine.options import FitOptions
-from cnntrain.engine.runstate import Progress, RunState
+from cnntrain.engine.runstate import Progress, RunState, running_marker
 from cnntrain.engine.signals import GracefulStop
 from cnntrain.engine.step import main_output, training_loss  # noqa: F401 - re-exported
 from cnntrain.errors import CnnTrainError
@@ -93,8 +93,8 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         self._begin()
-        p, record = self.progress, {}
-        with self.stop, closing(run_log(self.out, self.env.is_main)) as log:
+        p, record, main = self.progress, {}, self.env.is_main
+        with self.stop, running_marker(self.out, main), closing(run_log(self.out, main)) as log:
             while p.epoch < self.epochs and p.step < self.total_steps:
                 bar, start, seen, lr = self._begin_epoch()
                 for images, target, skipped in bar:
