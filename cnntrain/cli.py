@@ -23,7 +23,7 @@ import typer
 from cnntrain.errors import CnnTrainError
 from cnntrain.engine.options import (BenchDataOptions, BenchDecodeOptions, BenchTrainOptions, EnsembleOptions,
                                      EvalOptions, FitOptions, parse_scales, parse_seeds)
-from cnntrain.models import build_model, list_models, model_info
+from cnntrain.models import aux_head_params, build_model, inference_params, list_models, model_info
 from cnntrain.output import write_json
 from cnntrain.recipe import load_recipe, recipe_names
 
@@ -100,7 +100,7 @@ def fit(
 
 @app.command("eval")
 def eval_(
-    checkpoint: str = typer.Argument(..., help="A best.pt or last.pt."),
+    checkpoint: Optional[str] = typer.Argument(None, help="A best.pt or last.pt."),
     data: Optional[str] = typer.Option(None, "--data", help="Default: the data the checkpoint was trained on."),
     split: str = typer.Option("val", "--split", help="val or train."),
     topk: Optional[int] = typer.Option(None, "--topk", help="Also report top-K accuracy (default: the recipe's)."),
@@ -112,6 +112,8 @@ def eval_(
     workers: Optional[int] = typer.Option(None, "--workers"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     nproc: int = typer.Option(1, "--nproc", help="Evaluate a shard in each of N processes (one per GPU)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="A paper's test protocol, e.g. 10crop, "
+                                           "vgg-dense, googlenet-144; 'list' shows them all."),
     report: Optional[str] = typer.Option(None, "--report", help="Write per_class.csv, confusion.png, "
                                          "calibration.png, mistakes.md and report.md into this folder."),
     save_logits: Optional[str] = typer.Option(None, "--save-logits", help="Save logits, labels, sample ids and "
@@ -121,15 +123,23 @@ def eval_(
     from cnntrain.engine.distributed import env_from_environ, teardown
     from cnntrain.engine.evaluate import eval_checkpoint
     from cnntrain.engine.launch import check_launch, launch
+    from cnntrain.data.protocols import describe_protocols
+    from cnntrain.engine.protocols import eval_protocol
 
+    if protocol == "list":
+        typer.echo(describe_protocols())
+        return
+    if checkpoint is None:
+        raise CnnTrainError("eval needs a checkpoint: cnntrain eval runs/x/best.pt (or --protocol list)")
     opts = EvalOptions(checkpoint=checkpoint, data=data, split=split, topk=topk, crops=crops,
                        scales=parse_scales(scales), device=device, workers=workers, batch_size=batch_size,
-                       nproc=nproc, report=report, save_logits=save_logits)
+                       nproc=nproc, protocol=protocol, report=report, save_logits=save_logits)
     check_launch(nproc, device, "ddp")
+    run = eval_protocol if protocol else eval_checkpoint
     if nproc > 1:
-        result = launch(eval_checkpoint, (opts,), nproc, debug=_state["debug"])
+        result = launch(run, (opts,), nproc, debug=_state["debug"])
     else:
-        result = eval_checkpoint(opts)
+        result = run(opts)
         teardown()
     if env_from_environ().is_main:
         write_json(result, json_out)
@@ -199,16 +209,19 @@ def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         info = model_info(name)
         classes = info.default_classes
         with torch.device("meta"):
-            params = sum(p.numel() for p in build_model(name, num_classes=classes).parameters())
+            model = build_model(name, num_classes=classes)
         rows.append({"name": name, "family": info.family, "year": info.year, "input": info.input_size,
-                     "classes": classes, "params": params, "paper": info.paper})
+                     "classes": classes, "params": inference_params(model), "aux_params": aux_head_params(model),
+                     "paper": info.paper})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     width = max(len(r["name"]) for r in rows) + 2
-    typer.echo(f"{'model':<{width}}{'year':<6}{'input':<7}{'params':>13}  paper")
-    for r in rows:
-        typer.echo(f"{r['name']:<{width}}{r['year']:<6}{r['input']:<7}{r['params']:>13,}  {r['paper']}")
+    count = [f"{r['params']:,}" + (f" (+{r['aux_params']:,} aux heads)" if r["aux_params"] else "") for r in rows]
+    wc = max(map(len, count)) + 2
+    typer.echo(f"{'model':<{width}}{'year':<6}{'input':<7}{'params (inference)':>{wc}}  paper")
+    for r, c in zip(rows, count):
+        typer.echo(f"{r['name']:<{width}}{r['year']:<6}{r['input']:<7}{c:>{wc}}  {r['paper']}")
 
 
 @app.command()

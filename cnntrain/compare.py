@@ -7,12 +7,16 @@ Every structural column is read off the built model, never typed in:
   (convolutions and fully connected layers) on the longest path from the input to the
   output, found by following every tensor through one forward pass. So ResNet-18 is 18
   (its three 1x1 projection shortcuts sit on a shorter path) and GoogLeNet 22. The
-  **conv** and **FC** columns split that path.
+  **conv** and **FC** columns split that path. Layers inside a gate (a module with
+  ``gating = True``, e.g. SENet's squeeze-excitation FCs, whose sigmoid output rescales the
+  features) are not layers of the path and not classifier FC layers: SE-ResNet-50 is 50
+  deep with one FC layer, as its paper counts it.
 - **kernels** are the distinct convolution kernel sizes the forward pass uses, **FC
   widths** the output width of each linear layer in order; **dropout**, **LRN** and
   **BN** say whether the forward pass goes through such a layer (dropout with p > 0).
 - **params** are the parameters the inference pass uses (auxiliary heads that only run
-  in training are left out, as the papers' counts do) and **MACs** the multiply-
+  in training are left out, as the papers' counts do, and shown apart: ``7.0M (+6.4M aux
+  heads)``) and **MACs** the multiply-
   accumulates of one image at the paper's input size (:mod:`cnntrain.summary`).
 - the year comes from the registry; the paper's errors from the recipe with the model's
   name (``paper.reported``), "-" where there is none.
@@ -30,7 +34,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from cnntrain.errors import CnnTrainError
-from cnntrain.models import build_model, check_model_name, list_models, model_info
+from cnntrain.models import aux_head_params, build_model, check_model_name, list_models, model_info
 from cnntrain.plots import compare_chart
 from cnntrain.recipe import load_recipe, recipe_names
 from cnntrain.summary import human, summarize
@@ -56,6 +60,7 @@ class ArchRow:
     macs: int
     top1_err: float | None = None
     top5_err: float | None = None
+    aux_params: int = 0  # auxiliary training heads, not in params
 
 
 class _Paths(TorchFunctionMode):
@@ -89,12 +94,14 @@ def structure(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, A
     """Walk one eval-mode forward pass of ``model``: depth and the layer kinds it uses."""
     paths = _Paths()
     called: list[nn.Module] = []
+    gated = {id(sub) for m in model.modules() if getattr(m, "gating", False) for sub in m.modules()}
 
     def hook(m: nn.Module, args: Any, out: Any) -> None:
         called.append(m)
         if isinstance(m, _WEIGHTED):
             w, c, f = paths.deepest(args)
-            depth = (w + 1, c + isinstance(m, _CONV), f + (not isinstance(m, _CONV)))
+            step = 0 if id(m) in gated else 1  # a gate's layers rescale the path, they do not deepen it
+            depth = (w + step, c + step * isinstance(m, _CONV), f + step * (not isinstance(m, _CONV)))
             for t in tree_leaves(out):
                 if isinstance(t, torch.Tensor):
                     paths.put(t, depth)
@@ -119,7 +126,7 @@ def structure(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, A
     return {
         "weight_layers": weight, "conv_layers": conv, "fc_layers": fc,
         "kernels": [str(k[0]) if len(set(k)) == 1 else "x".join(map(str, k)) for k in kernels],
-        "fc_widths": [m.out_features for m in ran if isinstance(m, nn.Linear)],
+        "fc_widths": [m.out_features for m in ran if isinstance(m, nn.Linear) and id(m) not in gated],
         "dropout": any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in ran),
         "lrn": any(isinstance(m, nn.LocalResponseNorm) or "localresponse" in n or "lrn" in n
                    for m, n in zip(ran, names)),
@@ -161,7 +168,7 @@ def compare_model(name: str) -> ArchRow:
         shape, summary = structure(model, size), summarize(model, size, name=name)
     top1, top5 = paper_errors(name)
     return ArchRow(name, info.year, info.input_size, params=summary.params_run, macs=summary.macs,
-                   top1_err=top1, top5_err=top5, **shape)
+                   aux_params=aux_head_params(model), top1_err=top1, top5_err=top5, **shape)
 
 
 def compare_models(names: list[str] | None = None) -> list[ArchRow]:
@@ -185,7 +192,8 @@ def table(rows: list[ArchRow]) -> str:
 
     body = [(r.model, str(r.year), str(r.weight_layers), str(r.conv_layers), "/".join(r.kernels) or "-",
              str(r.fc_layers), "/".join(map(str, r.fc_widths)) or "-", yes(r.dropout), yes(r.lrn),
-             yes(r.batchnorm), human(r.params), human(r.macs), err(r.top1_err), err(r.top5_err))
+             yes(r.batchnorm), human(r.params) + (f" (+{human(r.aux_params)} aux heads)" if r.aux_params else ""),
+             human(r.macs), err(r.top1_err), err(r.top5_err))
             for r in rows]
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip() for x in [head, *body]]

@@ -44,6 +44,15 @@ class PaperSection:
     # section `protocol` names). A recipe that sets `reported` without restating this
     # does not inherit its base's `verified = true`: new numbers start unverified.
     verified: bool = False
+    # Which of `reported` each test protocol measured: preset name (`cnntrain eval
+    # --protocol list`) -> reported keys, e.g. { "10crop" = ["top1_err", "top5_err"] }.
+    # `eval` prints a number only beside a run of its own protocol. Like `verified`, a
+    # recipe that replaces `reported` without restating this starts with none.
+    eval_protocols: dict[str, list[str]] = field(default_factory=dict)
+
+
+# The presets of cnntrain.data.protocols (which checks that its table matches this list).
+EVAL_PROTOCOLS = ("center", "10crop", "vgg-dense", "vgg-multicrop", "googlenet-144", "resnet-fcn-multiscale")
 
 
 @dataclass
@@ -178,6 +187,9 @@ class TrainSection:
     # torch.compile the training model; auto: on for CUDA runs of at least 500 steps
     # (compiling costs a minute or so, which only a longer run wins back)
     compile: str = _choice("auto", "auto", "on", "off")
+    # Zeiler & Fergus 2014 Sect. 3: after each step, a first-layer filter whose RMS exceeds
+    # this radius is scaled back to it (the paper: 1e-1); 0 = off
+    renorm_first_conv: float = 0.0
 
 
 @dataclass
@@ -330,19 +342,23 @@ def _check_raw(raw: dict[str, Any], origin: str) -> None:
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base``; ``paper.reported`` is replaced whole, not merged, and
-    replacing it without restating ``paper.verified`` resets ``verified`` to false."""
+    """``over`` on top of ``base``; ``paper.reported`` and ``paper.eval_protocols`` are
+    replaced whole, not merged, and replacing ``reported`` without restating
+    ``paper.verified`` (``paper.eval_protocols``) resets it to false (to none)."""
     out = _merge_tables(base, over)
     paper = over.get("paper")
-    if isinstance(paper, dict) and "reported" in paper and "verified" not in paper:
-        out["paper"]["verified"] = False
+    if isinstance(paper, dict) and "reported" in paper:
+        if "verified" not in paper:
+            out["paper"]["verified"] = False
+        if "eval_protocols" not in paper:
+            out["paper"].pop("eval_protocols", None)
     return out
 
 
 def _merge_tables(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "reported":
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("reported", "eval_protocols"):
             out[key] = _merge_tables(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -464,6 +480,10 @@ def _check_consistency(recipe: Recipe, where: str) -> None:
     bad_mult = {k: v for k, v in recipe.optim.lr_mult.items() if v < 0}
     if bad_mult:
         raise CnnTrainError(f"{where}: optim.lr_mult values must be >= 0, got {bad_mult}")
+    if recipe.train.renorm_first_conv < 0:
+        raise CnnTrainError(f"{where}: train.renorm_first_conv must be 0 (off) or a positive RMS radius, "
+                            f"got {recipe.train.renorm_first_conv}")
+    _check_eval_protocols(recipe.paper, where)
 
 
 def _check_fraction(where: str, **values: float) -> None:
@@ -515,6 +535,17 @@ def check_distill(spec: dict[str, Any], where: str) -> None:
         raise CnnTrainError(f'{where}: train.distill needs teachers = ["path/to/best.pt", ...]')
     if spec.get("weight", 1.0) < 0 or spec.get("temperature", 1.0) <= 0:
         raise CnnTrainError(f"{where}: train.distill.weight must be >= 0 and train.distill.temperature > 0")
+
+
+def _check_eval_protocols(paper: PaperSection, where: str) -> None:
+    for name, keys in paper.eval_protocols.items():
+        if name not in EVAL_PROTOCOLS:
+            raise CnnTrainError(f"{where}: paper.eval_protocols: {name!r} is not a protocol preset"
+                                f"{did_you_mean(name, EVAL_PROTOCOLS)}; presets: {', '.join(EVAL_PROTOCOLS)}")
+        missing = [k for k in keys if k not in paper.reported]
+        if missing:
+            raise CnnTrainError(f"{where}: paper.eval_protocols.{name} names {', '.join(missing)}, "
+                                f"not in paper.reported ({', '.join(paper.reported) or 'empty'})")
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | dict[str, Any] | None = None) -> Recipe:

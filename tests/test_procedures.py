@@ -205,5 +205,5 @@ def test_fit_with_ema_then_eval_at_several_scales(tmp_path, capsys):
     assert code == 0, err
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["scales"] == [32, 40] and result["protocol"] == "1-crop at scales 32/40"
-    assert "1-crop at scales 32/40" in text and "paper (" in text
+    assert "1-crop at scales 32/40" in text and "paper's numbers left out: they are for cifar10" in text
     assert run_cli(["eval", out / "best.pt", "--scales", "a,b"], capsys)[0] != 0

@@ -101,11 +101,12 @@ def detect(data: str | None, recipe: Recipe) -> tuple[str, Path | None]:
 
 
 def build_data(recipe: Recipe, data: str | None, *, train: bool = True, crops: int = 1,
-               split: str = "val", scales: list[int] | None = None) -> DataBundle:
-    """Readers and transforms for a recipe. ``split`` picks what ``val`` holds for eval."""
+               split: str = "val", scales: list[int] | None = None, eval_transform=None) -> DataBundle:
+    """Readers and transforms for a recipe. ``split`` picks what ``val`` holds for eval;
+    ``eval_transform`` replaces the crops/scales view (a test protocol's views)."""
     kind, root = detect(data, recipe)
     train_tf = TrainTransform(recipe.data, recipe.augment) if train else None
-    eval_tf = EvalTransform(recipe.data, crops, scales, flip=recipe.eval.flip)
+    eval_tf = eval_transform or EvalTransform(recipe.data, crops, scales, flip=recipe.eval.flip)
     notes: list[str] = []
     if kind == "digits":
         split_data = load_digits_split()

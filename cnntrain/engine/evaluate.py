@@ -19,6 +19,7 @@ from cnntrain.engine.checkpoint import build_from_checkpoint, load_checkpoint
 from cnntrain.engine.device import Precision, ahead_to_device, choose_precision, prepare_cuda, resolve_device
 from cnntrain.engine.metrics import Meter
 from cnntrain.engine.options import EnsembleOptions, EvalOptions
+from cnntrain.engine.paperline import accuracy_ks, accuracy_text, distinct_views, paper_lines
 from cnntrain.engine.outputs import Collector
 from cnntrain.engine.report import eval_outputs
 from cnntrain.errors import CnnTrainError
@@ -38,10 +39,12 @@ def member_scores(model: nn.Module, x: torch.Tensor, crops: int) -> tuple[torch.
 @torch.no_grad()
 def evaluate(models: list[nn.Module], loader, preps: list[BatchPrep], device: torch.device,
              precision: Precision, ks: tuple[int, ...], combine: str | None = None,
-             progress: bool = False, sink: Collector | None = None) -> tuple[list[Meter], list]:
+             progress: bool = False, views: int = 0, sink: Collector | None = None) -> tuple[list[Meter], list]:
     """Meters for each model, plus one for their combination when ``combine`` is given;
-    and the unreadable samples met on the way. A ``sink`` also receives every batch's
-    per-member logits and probabilities (for reports and saved outputs)."""
+    and the unreadable samples met on the way. ``views``: rows each model returns per
+    image of a 4-d batch (a dense protocol's scales and mirrors); a 5-d batch of crops
+    says its own. A ``sink`` also receives every batch's per-member logits and
+    probabilities (for reports and saved outputs)."""
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
@@ -53,7 +56,7 @@ def evaluate(models: list[nn.Module], loader, preps: list[BatchPrep], device: to
             skipped += bad
             if images.numel() == 0:
                 continue
-            crops = images.shape[1] if images.ndim == 5 else 0
+            crops = images.shape[1] if images.ndim == 5 else views
             y = target.to(device, non_blocking=True)
             all_logits, all_probs = [], []
             for model, prep, meter in zip(models, preps, meters):
@@ -129,13 +132,11 @@ def protocol_name(crops: int, scales: list[int] | None) -> str:
     return f"{crops}-crop"
 
 
-def _paper_line(recipe: Recipe, crops: int, scales: list[int] | None = None) -> str | None:
-    reported = recipe.paper.reported
-    if not reported:
+def preset_of(crops: int, scales: list[int] | None) -> str | None:
+    """The protocol preset a --crops/--scales run is (see cnntrain.data.protocols), if any."""
+    if scales:
         return None
-    errs = ", ".join(f"{k.replace('_err', ' error')} {v:g}%" for k, v in reported.items())
-    protocol = f" ({recipe.paper.protocol})" if recipe.paper.protocol else ""
-    return f"paper{protocol}: {errs}   [this run: {protocol_name(crops, scales)}]"
+    return {1: "center", 10: "10crop"}.get(crops)
 
 
 def eval_checkpoint(opts: EvalOptions) -> dict[str, Any]:
@@ -144,10 +145,10 @@ def eval_checkpoint(opts: EvalOptions) -> dict[str, Any]:
     model, meta, recipe, precision = load_member(path, dev)
     crops = opts.crops or recipe.eval.crops
     scales = list(opts.scales if opts.scales is not None else recipe.eval.scales)
-    k = opts.topk or recipe.eval.topk
     bundle = build_data(recipe, opts.data if opts.data is not None else meta.get("data"), train=False,
                         crops=crops, split=split, scales=scales)
     _check_classes(path, meta, bundle)
+    ks, k_note = accuracy_ks(opts.topk or recipe.eval.topk, bundle.num_classes)
     workers = default_workers(bundle.kind, env.local_world) if opts.workers is None else opts.workers
     loader = val_loader(bundle.val, opts.batch_size or recipe.eval.batch_size or recipe.optim.batch_size,
                         env.rank, env.world, workers, dev.type == "cuda")
@@ -155,28 +156,31 @@ def eval_checkpoint(opts: EvalOptions) -> dict[str, Any]:
     sink = Collector() if opts.report or opts.save_logits else None
     if sink is not None and env.world > 1:
         raise CnnTrainError("--report and --save-logits read every image in one process; drop --nproc/torchrun")
-    (meter,), skipped = evaluate([model], loader, [prep], dev, precision, (1, k),
+    (meter,), skipped = evaluate([model], loader, [prep], dev, precision, ks,
                                  progress=opts.progress and env.is_main, sink=sink)
     meter = distributed.reduce_meter(meter, env, dev)
     (n_skipped,) = distributed.sum_ints([len(skipped)], env, dev)
+    views = crops * max(1, len(scales))
+    distinct = distinct_views(bundle.val) if env.is_main and views > 1 else None
     result = meter.result()
     result.update(checkpoint=str(path), arch=meta["arch"], split=split, crops=crops, scales=scales,
-                  protocol=protocol_name(crops, scales),
+                  protocol=protocol_name(crops, scales), views=views, distinct_views=distinct,
                   skipped=n_skipped, paper=dict(recipe.paper.reported))
     if env.enabled:
         result["processes"] = env.world
-    line = (f"{path}  {meta['arch']}  {split}  {result['samples']} images  {protocol_name(crops, scales)}  "
-            f"top1 {result['top1']:.2f}%  top{k} {result[f'top{k}']:.2f}%  loss {result['loss']:.4f}")
-    print(line)
-    paper = _paper_line(recipe, crops, scales)
-    if paper:
-        print(paper)
+    measured = protocol_name(crops, scales)
+    if distinct is not None and distinct < views:
+        measured += f" ({distinct} distinct views: the crops coincide at this image size)"
+    print(f"{path}  {meta['arch']}  {split}  {result['samples']} images  {measured}  "
+          f"{accuracy_text(result, ks)}  loss {result['loss']:.4f}")
+    for line in ([k_note] if k_note else []) + paper_lines(recipe, bundle, preset_of(crops, scales), measured):
+        print(line)
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s): {', '.join(b.path for b in skipped[:5])}")
     elif n_skipped:
         print(f"skipped {n_skipped} unreadable file(s) on other processes")
     if sink is not None:
-        result.update(eval_outputs(sink, opts, bundle.val, skipped, [(path, meta, recipe)], result, k))
+        result.update(eval_outputs(sink, opts, bundle.val, skipped, [(path, meta, recipe)], result, ks[-1]))
     return result
 
 

@@ -107,7 +107,8 @@ def build_run(recipe: Recipe, device: torch.device, *, num_classes: int, channel
                        label_smoothing=recipe.train.label_smoothing, accumulate=recipe.train.accumulate,
                        aux_weight=recipe.train.aux_weight, env=env, ema=ema,
                        seed=recipe.train.seed,
-                       extras=step_extras(recipe, device, classes or num_classes, mean, std, env.rank))
+                       extras=step_extras(recipe, device, classes or num_classes, mean, std, env.rank),
+                       renorm_first_conv=recipe.train.renorm_first_conv)
     if compile_model:
         compile_step(fit_step)
     return RunParts(model, optimizer, scaler, precision, ema, prep, fit_step)

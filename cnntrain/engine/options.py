@@ -87,8 +87,9 @@ class ViewOptions:
 class EvalOptions(ViewOptions):
     checkpoint: str
     split: str = "val"
-    scales: list[int] | None = None  # None: the recipe's eval.scales
+    scales: list[int] | None = None  # None: the recipe's eval.scales (with a protocol: its scales)
     nproc: int = 1
+    protocol: str | None = None  # a test-protocol preset (cnntrain.data.protocols)
     report: str | None = None  # folder for per_class.csv, confusion/calibration charts, report.md
     save_logits: str | None = None  # .npz of logits, probabilities, labels, sample ids, classes
 
@@ -97,6 +98,9 @@ class EvalOptions(ViewOptions):
         _check_npz("--save-logits", self.save_logits)
         if (self.report or self.save_logits) and self.nproc > 1:
             raise CnnTrainError("--report and --save-logits read every image in one process; drop --nproc")
+        if self.protocol is not None and self.crops is not None:
+            raise CnnTrainError(f"--protocol {self.protocol} and --crops {self.crops}: the protocol sets the crops; "
+                                "give one of them")
         if self.split not in SPLITS:
             raise CnnTrainError(f"--split {self.split!r}: use val or train")
         if self.scales is not None and any(v <= 0 for v in self.scales):

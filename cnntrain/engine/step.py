@@ -34,6 +34,7 @@ from cnntrain.engine.device import Precision
 from cnntrain.engine.ema import WeightAverage
 from cnntrain.engine.losses import Teachers, class_loss
 from cnntrain.engine.mixing import BatchMix, dominant
+from cnntrain.engine.renorm import FilterRenorm
 from cnntrain.models import drops
 
 
@@ -83,7 +84,7 @@ class FitStep:
                  prep: BatchPrep, precision: Precision, device: torch.device, *,
                  label_smoothing: float = 0.0, accumulate: int = 1, aux_weight: float = 0.3,
                  env: distributed.DistEnv = distributed.SINGLE, ema: WeightAverage | None = None,
-                 seed: int = 0, extras: StepExtras | None = None) -> None:
+                 seed: int = 0, extras: StepExtras | None = None, renorm_first_conv: float = 0.0) -> None:
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.prep, self.precision, self.device = prep, precision, device
         self.smoothing, self.accumulate, self.env = label_smoothing, max(1, accumulate), env
@@ -94,6 +95,7 @@ class FitStep:
         # run eagerly, so no shape ever triggers a recompilation (:func:`factory.compile_step`).
         self.compiled: nn.Module | None = None
         self.compiled_rows: int | None = None
+        self.renorm = FilterRenorm(unwrap(model), renorm_first_conv) if renorm_first_conv > 0 else None
         self.stepped = False  # did the last call update the weights?
         # Did the fp16 grad scaler skip the last update? A 0-dim tensor on the device (or
         # False): reading it would wait for the GPU, so the loop adds it up unread.
@@ -135,6 +137,8 @@ class FitStep:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.stepped = True
+        if self.renorm is not None:
+            self.renorm()
         self.overflowed = (self.scaler._scale < scale).int() if scale is not None else False  # noqa: SLF001
         if self.ema is not None:
             self.ema.update(unwrap(self.model))

@@ -181,8 +181,19 @@ class Trainer:
         print(f"fit {self.recipe.name}: {self.recipe.model.arch} on {d.kind} "
               f"({len(d.train)} train / {len(d.val)} val, {d.num_classes} classes), "
               f"{distributed.describe(self.env, self.device, self.model)} {self.parts.precision.describe()}"
-              f"{', compiled' if self.fit_step.compiled is not None else ''}, "
-              f"{self.epochs} epochs x {self.steps_per_epoch} steps -> {self.out}")
+              f"{', compiled' if self.fit_step.compiled is not None else ''}, {self._length()} -> {self.out}")
+        p = self.progress
+        if self.opts.resume and (p.step >= self.total_steps or p.epoch >= self.epochs):
+            print(f"resume: the run in {self.out} is complete (step {p.step} of {self.total_steps}, epoch {p.epoch} "
+                  f"of {self.epochs}); nothing left to train. Raise train.epochs or train.iterations to train on, "
+                  "or give another --out for a new run")
+
+    def _length(self) -> str:
+        """The steps the run will take: whole epochs, or train.iterations cutting them short."""
+        if self.total_steps < self.epochs * self.steps_per_epoch:
+            return (f"{self.total_steps} steps (train.iterations; {self.epochs} epoch{'s' if self.epochs > 1 else ''}"
+                    f" of {self.steps_per_epoch} steps)")
+        return f"{self.epochs} epoch{'s' if self.epochs > 1 else ''} x {self.steps_per_epoch} steps"
 
     def _begin_epoch(self) -> tuple[tqdm, float, int, float]:
         """The epoch's remaining batches (a progress bar over them), its start time,

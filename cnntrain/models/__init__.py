@@ -19,9 +19,11 @@ from cnntrain.models import (  # noqa: F401  (importing registers the models)
 )
 from cnntrain.models.registry import (
     ModelInfo,
+    aux_head_params,
     build_model,
     builder_options,
     check_model_name,
+    inference_params,
     list_models,
     model_info,
     register,
@@ -29,9 +31,11 @@ from cnntrain.models.registry import (
 
 __all__ = [
     "ModelInfo",
+    "aux_head_params",
     "build_model",
     "builder_options",
     "check_model_name",
+    "inference_params",
     "list_models",
     "model_info",
     "register",

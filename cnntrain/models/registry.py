@@ -84,3 +84,16 @@ def build_model(name: str, num_classes: int = 1000, in_channels: int | None = No
     if in_channels is not None:
         options["in_channels"] = in_channels
     return info.builder(num_classes=num_classes, **options)
+
+
+def aux_head_params(model: nn.Module) -> int:
+    """Parameters of the auxiliary classifiers (children named ``aux*``, as GoogLeNet's
+    ``aux1``/``aux2`` and torchvision's): they run only in training, so inference counts
+    (and the papers' figures) leave them out."""
+    return sum(p.numel() for name, child in model.named_children() if name.startswith("aux") and child is not None
+               for p in child.parameters())
+
+
+def inference_params(model: nn.Module) -> int:
+    """Parameters a prediction uses: all of them, less the auxiliary heads."""
+    return sum(p.numel() for p in model.parameters()) - aux_head_params(model)

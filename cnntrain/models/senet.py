@@ -27,6 +27,10 @@ PAPER = "Hu, Shen, Sun. Squeeze-and-Excitation Networks. CVPR 2018"
 
 
 class SqueezeExcitation(nn.Module):
+    # A gate: its FCs rescale the block's channels, they are not layers of the network's
+    # depth nor classifier FC layers (the paper's SE-ResNet-50 is 50 layers, one FC).
+    gating = True
+
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
         self.fc1 = nn.Linear(channels, channels // reduction)
