@@ -243,3 +243,15 @@ def test_report_on_a_folder_dataset_lists_mistakes_by_path(tmp_path, folder_root
     wrong = int((scores.probs.argmax(1) != scores.labels).sum())
     text = (tmp_path / "rep/mistakes.md").read_text()  # always written for folder data
     assert text.count(f"| `{folder_root / 'val'}") == min(wrong, 25)
+
+
+def test_save_logits_on_synthetic_data_names_samples_by_position(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(["fit", "--recipe", "lenet5", "--data", "synthetic", "--out", out, "--no-progress",
+                            "--workers", "0", "--set", "train.iterations=1", "--set", "data.synthetic_train_samples=8",
+                            "--set", "data.synthetic_val_samples=4"], capsys)
+    assert code == 0, err
+    npz = tmp_path / "s.npz"
+    code, _, err = run_cli(["eval", out / "best.pt", "--save-logits", npz, "--workers", "0"], capsys)
+    assert code == 0, err
+    assert [str(v) for v in np.load(npz)["ids"]] == [f"val[{i}]" for i in range(4)]

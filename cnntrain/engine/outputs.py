@@ -81,7 +81,7 @@ def sample_ids(dataset: Dataset, skipped_paths: set[str]) -> list[str]:
     """The identifiers of the images an unsharded evaluation loader yields, in order:
     the paths of a folder dataset (less the unreadable ones it skipped), else ``val[i]``."""
     samples = getattr(dataset, "samples", None)
-    if samples is not None:
+    if isinstance(samples, list):  # a synthetic dataset's `samples` is its count
         return [path for path, _ in samples if path not in skipped_paths]
     return [f"val[{i}]" for i in range(len(dataset))]
 

@@ -17,7 +17,7 @@ from cnntrain.data import BatchPrep, build_data, default_workers, val_loader
 from cnntrain.data.protocols import get_protocol, protocol_scales, protocol_transform
 from cnntrain.engine import distributed
 from cnntrain.engine.dense import DenseScorer, fully_convolutional
-from cnntrain.engine.evaluate import _check_classes, _load_member, evaluate, fp32_head
+from cnntrain.engine.evaluate import _check_classes, evaluate, fp32_head, load_member
 from cnntrain.engine.options import EvalOptions
 from cnntrain.engine.outputs import Collector
 from cnntrain.engine.report import eval_outputs
@@ -36,7 +36,7 @@ def _scorer(model, meta, protocol, scales, size):
 def eval_protocol(opts: EvalOptions) -> dict[str, Any]:
     path, split = opts.checkpoint, opts.split
     env, dev = distributed.setup(opts.device)
-    model, meta, recipe, precision = _load_member(path, dev)
+    model, meta, recipe, precision = load_member(path, dev)
     protocol = get_protocol(opts.protocol)
     size = recipe.data.train_size
     scales, chosen = protocol_scales(protocol, recipe, opts.scales)
