@@ -54,6 +54,11 @@ def fit(
     seed: Optional[int] = typer.Option(None, "--seed", help="Sets train.seed."),
     resume: Optional[str] = typer.Option(None, "--resume", help="'auto' (OUT/last.pt if present) or a checkpoint path."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the tqdm bar."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Move a run already in --out aside (never deleted)."),
+    resume_force: bool = typer.Option(False, "--resume-force",
+                                      help="Resume although the recipe differs in keys that change the result."),
+    max_restarts: int = typer.Option(0, "--max-restarts",
+                                     help="With --nproc N: restart the group up to R times after a failure."),
 ) -> None:
     """Train a recipe; writes recipe.toml, last.pt, best.pt, metrics.jsonl and TensorBoard logs.
 
@@ -62,9 +67,10 @@ def fit(
     optim.batch_size is the global batch, split across the processes."""
     from cnntrain.engine.distributed import DistEnv, per_process_batch
     from cnntrain.engine.launch import check_launch, launch
+    from cnntrain.engine.runfolder import claim
     from cnntrain.engine.train import fit as run_fit
 
-    check_launch(nproc, device, strategy)
+    check_launch(nproc, device, strategy, max_restarts)
 
     overrides = list(set_)
     if batch_size is not None:
@@ -79,10 +85,12 @@ def fit(
     if epochs is not None:
         r.train.iterations = None
     opts = FitOptions(out=out or Path("runs") / r.name, data=data, device=device, workers=workers,
-                      resume=resume, progress=progress, strategy=strategy)
+                      resume=resume, progress=progress, strategy=strategy, overwrite=overwrite,
+                      resume_force=resume_force)
     if nproc > 1:
         per_process_batch(r.optim.batch_size, DistEnv(world=nproc), r.train.accumulate)
-        launch(run_fit, (r, opts), nproc, debug=_state["debug"])
+        claim(opts.out, opts.resume, opts.overwrite).release()  # refuse a used folder once, before any process starts
+        launch(run_fit, (r, opts), nproc, debug=_state["debug"], max_restarts=max_restarts)
     else:
         run_fit(r, opts)
 

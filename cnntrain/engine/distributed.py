@@ -115,6 +115,14 @@ def setup(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S,
     return env, dev
 
 
+def restart_count() -> int:
+    """How many times torch's elastic agent has restarted this job (0: first attempt)."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -237,6 +245,15 @@ def any_flag(flag: bool, env: DistEnv, device: torch.device) -> bool:
         return flag
     (count,) = sum_ints([int(flag)], env, device)
     return count > 0
+
+
+def gather_to_main(value: Any, env: DistEnv) -> list[Any] | None:
+    """Every process's ``value`` as a list on rank 0 (None elsewhere); a collective."""
+    if not env.enabled:
+        return [value]
+    out: list[Any] | None = [None] * env.world if env.is_main else None
+    dist.gather_object(value, out, dst=0)
+    return out
 
 
 def agree(env: DistEnv, value: int, what: str) -> None:
