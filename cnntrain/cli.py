@@ -338,6 +338,14 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        # A path the system refused (missing, a file where a folder belongs, unwritable)
+        # is the user's to fix; other OS errors keep their traceback.
+        _record_for_torchrun(exc)
+        if _state["debug"] or not exc.filename:
+            raise
+        print(f"error: {exc.filename}: {exc.strerror or exc}; check the path", file=sys.stderr)
+        sys.exit(CnnTrainError.exit_code)
     except Exception as exc:
         _record_for_torchrun(exc)
         raise

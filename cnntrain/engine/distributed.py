@@ -106,8 +106,12 @@ def setup(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S,
         return env, dev
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
-                                device_id=dev if dev.type == "cuda" else None)
+        # Each elastic attempt gets its own key space: a restarted group sharing the agent's
+        # store would otherwise read the dead attempt's addresses and fail to connect.
+        store, _, _ = next(dist.rendezvous("env://", timeout=timedelta(seconds=timeout_s)))
+        store = dist.PrefixStore(f"cnntrain/attempt_{restart_count()}", store)
+        dist.init_process_group(backend, store=store, rank=env.rank, world_size=env.world,
+                                timeout=timedelta(seconds=timeout_s), device_id=dev if dev.type == "cuda" else None)
     if dev.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world))
     if not env.is_main:
