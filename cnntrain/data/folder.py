@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,15 +82,15 @@ def header_size(raw: bytes) -> tuple[int, int] | None:
     size = fastjpeg.jpeg_size(raw)
     if size is not None:
         return size
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(raw)) as im:  # lazy: parses the header only
-                return im.height, im.width
-        except Image.DecompressionBombError as exc:  # over twice Pillow's own limit
-            raise TooLarge(str(exc)) from None
-        except Exception:  # noqa: BLE001 - unrecognised or damaged header: the decoder decides
-            return None
+    # Pillow's own bomb check would answer for us on open; data.max_pixels decides here.
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(io.BytesIO(raw)) as im:  # lazy: parses the header only
+            return im.height, im.width
+    except Exception:  # noqa: BLE001 - unrecognised or damaged header: the decoder decides
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def check_pixels(raw: bytes, max_pixels: int) -> None:

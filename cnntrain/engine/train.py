@@ -136,7 +136,7 @@ class Trainer:
                         self._save()
                         raise self._stopped(f"after step {p.step} (epoch {p.epoch + 1})")
                     every = self.recipe.train.save_every_steps
-                    if every and p.step % every == 0 and p.epoch_step < self.steps_per_epoch:
+                    if every and p.step % every == 0 and p.epoch_step < self.steps_per_epoch and p.step < self.total_steps:
                         self._save()
                 record = self._end_epoch(log, lr, seen, time.perf_counter() - start)
         if self.guards.skipped:
