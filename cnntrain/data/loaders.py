@@ -107,6 +107,10 @@ def make_loader(dataset: Dataset, batch_size: int, *, workers: int, sampler=None
         worker_init_fn=functools.partial(_worker_init, folder.name) if folder else None,
         prefetch_factor=4 if workers > 0 else None,
         persistent_workers=persistent and workers > 0,
+        # Each new iterator draws a base seed; from its own generator it leaves the global
+        # RNG alone, which a resumed run restores to where the checkpoint was written (the
+        # epoch's iterator was made before that, so a second draw would shift every later one).
+        generator=torch.Generator().manual_seed(0),
     )
     loader.inflight_dir = folder  # removed with the loader
     return loader
