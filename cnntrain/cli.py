@@ -58,6 +58,11 @@ def fit(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the tqdm bar."),
     init: Optional[str] = typer.Option(None, "--init", help="Start from weights: a .pth/.pt/.safetensors file, a "
                                        "checkpoint, or torchvision:WEIGHTS (sets model.init)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Move a run already in --out aside (never deleted)."),
+    resume_force: bool = typer.Option(False, "--resume-force",
+                                      help="Resume although the recipe differs in keys that change the result."),
+    max_restarts: int = typer.Option(0, "--max-restarts",
+                                     help="With --nproc N: restart the group up to R times after a failure."),
 ) -> None:
     """Train a recipe; writes recipe.toml, last.pt, best.pt, metrics.jsonl and TensorBoard logs.
 
@@ -66,9 +71,10 @@ def fit(
     optim.batch_size is the global batch, split across the processes."""
     from cnntrain.engine.distributed import DistEnv, per_process_batch
     from cnntrain.engine.launch import check_launch, launch
+    from cnntrain.engine.runfolder import claim
     from cnntrain.engine.train import fit as run_fit
 
-    check_launch(nproc, device, strategy)
+    check_launch(nproc, device, strategy, max_restarts)
 
     overrides = list(set_)
     if batch_size is not None:
@@ -90,10 +96,12 @@ def fit(
             r.train.iterations = None
         run_out = out or Path("runs") / r.name
         opts = FitOptions(out=run_out if one_seed is None else run_out / f"seed{one_seed}", data=data,
-                          device=device, workers=workers, resume=resume, progress=progress, strategy=strategy)
+                          device=device, workers=workers, resume=resume, progress=progress, strategy=strategy,
+                          overwrite=overwrite, resume_force=resume_force)
         if nproc > 1:
             per_process_batch(r.optim.batch_size, DistEnv(world=nproc), r.train.accumulate)
-            launch(run_fit, (r, opts), nproc, debug=_state["debug"])
+            claim(opts.out, opts.resume, opts.overwrite).release()  # refuse a used folder once, before any process starts
+            launch(run_fit, (r, opts), nproc, debug=_state["debug"], max_restarts=max_restarts)
         else:
             run_fit(r, opts)
 
@@ -488,6 +496,14 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        # A path the system refused (missing, a file where a folder belongs, unwritable)
+        # is the user's to fix; other OS errors keep their traceback.
+        _record_for_torchrun(exc)
+        if _state["debug"] or not exc.filename:
+            raise
+        print(f"error: {exc.filename}: {exc.strerror or exc}; check the path", file=sys.stderr)
+        sys.exit(CnnTrainError.exit_code)
     except Exception as exc:
         _record_for_torchrun(exc)
         raise

@@ -83,6 +83,13 @@ class DataSection:
     num_classes: int | None = None  # defaults to the data's class count
     workers: int | None = None  # loader processes; None picks from the cores and the dataset
     strict: bool = False  # stop at the first unreadable image instead of skipping it
+    # The data this recipe trains on, as fit recorded it: an absolute path, or a bundled
+    # name ("digits", "synthetic"); used when --data is not given. Unset: data.dataset's.
+    root: str | None = None
+    # Images declaring more pixels than this in their header are skipped undecoded (a
+    # decompression bomb); default Pillow's own limit, Image.MAX_IMAGE_PIXELS.
+    max_pixels: int = 89_478_485
+    max_bad_fraction: float = 0.01  # stop once more than this share of an epoch's images was unreadable
     synthetic_train_samples: int = 256
     synthetic_val_samples: int = 64
     # ImageNet's flat val/ folder read in place: LOC_val_solution.csv or the devkit's
@@ -190,6 +197,9 @@ class TrainSection:
     # Zeiler & Fergus 2014 Sect. 3: after each step, a first-layer filter whose RMS exceeds
     # this radius is scaled back to it (the paper: 1e-1); 0 = off
     renorm_first_conv: float = 0.0
+    keep_checkpoints: int = 2  # step checkpoints kept: last.pt, prev.pt, prev2.pt, ... (one can be mid-write)
+    watchdog: float = 1800.0  # seconds without a finished step before the stacks are dumped and the run exits; 0 = off
+    requeue: bool = False  # under SLURM (SLURM_JOB_ID set): SIGUSR1 saves, then `scontrol requeue`s the job
 
 
 @dataclass
@@ -450,6 +460,20 @@ def _check_consistency(recipe: Recipe, where: str) -> None:
                        ("data.train_size", recipe.data.train_size)):
         if value is not None and value <= 0:
             raise CnnTrainError(f"{where}: {key} must be positive, got {value}")
+    for key, value in (("train.save_every_steps", train.save_every_steps), ("train.watchdog", train.watchdog),
+                       ("train.max_nonfinite_steps", train.max_nonfinite_steps), ("data.workers", recipe.data.workers),
+                       ("augment.pad", recipe.augment.pad), ("train.label_smoothing", train.label_smoothing),
+                       ("optim.weight_decay", recipe.optim.weight_decay)):
+        if value is not None and value < 0:
+            raise CnnTrainError(f"{where}: {key} must not be negative, got {value}")
+    for key, value in (("train.keep_checkpoints", train.keep_checkpoints), ("train.eval_every", train.eval_every),
+                       ("data.max_pixels", recipe.data.max_pixels), ("eval.batch_size", recipe.eval.batch_size),
+                       ("data.synthetic_train_samples", recipe.data.synthetic_train_samples),
+                       ("data.synthetic_val_samples", recipe.data.synthetic_val_samples)):
+        if value is not None and value < 1:
+            raise CnnTrainError(f"{where}: {key} must be at least 1, got {value}")
+    if not 0 <= recipe.data.max_bad_fraction <= 1:
+        raise CnnTrainError(f"{where}: data.max_bad_fraction must be in [0, 1], got {recipe.data.max_bad_fraction}")
     if recipe.optim.lr <= 0:
         raise CnnTrainError(f"{where}: optim.lr must be positive, got {recipe.optim.lr}")
     if recipe.schedule.name == "triangle" and (recipe.schedule.warmup <= 0 or recipe.schedule.warmup_mode != "linear"):

@@ -76,18 +76,41 @@ class DataBundle:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def record(self) -> str:
+        """The data as a run records it: the absolute, resolved root, or the bundled name."""
+        return self.root or self.kind
+
+
+BUNDLED = "bundled:"  # --data bundled:digits names the bundled set even where a ./digits folder exists
+
+
+def recorded(data: str | None) -> str | None:
+    """The data a run recorded (an absolute path, or a bundled name) as an unambiguous
+    ``--data``: a recorded bundled name means the bundled set, whatever folders the
+    current directory holds."""
+    return f"{BUNDLED}{data}" if data in IN_MEMORY else data
+
 
 def detect(data: str | None, recipe: Recipe) -> tuple[str, Path | None]:
-    """Which reader ``--data`` asks for: (kind, path)."""
+    """Which reader ``--data`` asks for: (kind, path). Without ``--data``, the recipe's
+    ``data.root`` (what a run recorded), else its dataset when that is bundled."""
+    if data is None and recipe.data.root is not None:
+        data = recorded(recipe.data.root)
     if data is None:
         if recipe.data.dataset in IN_MEMORY:
             return recipe.data.dataset, None
         raise CnnTrainError(
             f'recipe "{recipe.name}" trains on {recipe.data.dataset}; give --data with one of:\n{LAYOUTS}'
         )
+    if data.startswith(BUNDLED) and data[len(BUNDLED):] in IN_MEMORY:
+        return data[len(BUNDLED):], None
     if data in IN_MEMORY:
+        if Path(data).exists():
+            raise CnnTrainError(f"--data {data} names both the bundled {data} set and the folder ./{data}; "
+                                f"pass ./{data} for the folder or {BUNDLED}{data} for the bundled set")
         return data, None
-    root = Path(data).expanduser()
+    root = Path(data).expanduser().resolve()
     if not root.exists():
         raise CnnTrainError(f"--data {data}: no such file or folder. Accepted:\n{LAYOUTS}")
     if not root.is_dir():
@@ -139,8 +162,9 @@ def build_data(recipe: Recipe, data: str | None, *, train: bool = True, crops: i
             notes.append("JPEGs are decoded whole: cnntrain's region decoder was not built (libjpeg's headers "
                          "were missing at install); install libjpeg-turbo's development files "
                          "(Debian: libjpeg62-turbo-dev) and reinstall cnntrain for faster loading")
-        train_ds = ImageFolderDataset(found["train"], train_tf) if train else None
-        val_ds = ImageFolderDataset(found[split], eval_tf)
+        limit = recipe.data.max_pixels
+        train_ds = ImageFolderDataset(found["train"], train_tf, limit) if train else None
+        val_ds = ImageFolderDataset(found[split], eval_tf, limit)
     if train_tf is not None:
         train_tf.set_fill(tuple(round(m * 255) for m in mean))
     if train and train_ds is not None and len(train_ds) == 0:
@@ -149,5 +173,5 @@ def build_data(recipe: Recipe, data: str | None, *, train: bool = True, crops: i
                       tuple(mean), tuple(std), notes)
 
 
-__all__ = ["BatchPrep", "DataBundle", "EpochSampler", "Skipped", "build_data", "collate", "default_workers", "detect",
+__all__ = ["BUNDLED", "recorded", "BatchPrep", "DataBundle", "EpochSampler", "Skipped", "build_data", "collate", "default_workers", "detect",
            "make_loader", "shard", "SyntheticSpec", "synthetic_spec", "train_loader", "val_loader"]

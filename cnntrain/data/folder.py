@@ -7,6 +7,14 @@ Pillow; CMYK, grey, palette, RGBA and 16-bit images all come out as 8-bit RGB. A
 that cannot be decoded becomes a :class:`Skipped` marker that the loader counts and
 reports instead of crashing a worker.
 
+Before any decoder sees a file, its header's pixel count is checked against
+``data.max_pixels`` (JPEG from its start-of-frame, every other format through Pillow's
+lazy open, which reads the header only): a decompression bomb, a PNG declaring 40,000 x
+40,000 pixels with a few bytes of data, is skipped like any bad file, without allocating
+its pixels and without reaching libpng, which can crash on such files. Each loader worker
+also notes the file it is decoding (:mod:`cnntrain.data.inflight`), so a worker killed
+inside a native decoder is reported with that file's name.
+
 Training views of JPEGs are drawn from the header before decoding, so a view that
 shrinks the image enough is decoded at a reduced scale (:mod:`cnntrain.data.fastjpeg`).
 """
@@ -23,7 +31,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 
-from cnntrain.data import fastjpeg
+from cnntrain.data import fastjpeg, inflight
 from cnntrain.data.imagenet_val import flat_samples
 from cnntrain.data.sampler import sample_key
 from cnntrain.data.transforms import scaled_box
@@ -62,10 +70,43 @@ def scan_split(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
     return samples
 
 
-def read_image(path: str) -> torch.Tensor:
-    """Decode any image file to uint8 RGB (3, H, W); raises on unreadable data."""
+PILLOW_MAX_PIXELS = 89_478_485  # Image.MAX_IMAGE_PIXELS, the recipe's default data.max_pixels
+
+
+class TooLarge(ValueError):
+    """An image whose header declares more pixels than the limit."""
+
+
+def header_size(raw: bytes) -> tuple[int, int] | None:
+    """(height, width) from an image's header, without decoding; None when no reader
+    recognises it (the decoder then gives its verdict)."""
+    size = fastjpeg.jpeg_size(raw)
+    if size is not None:
+        return size
+    # Pillow's own bomb check would answer for us on open; data.max_pixels decides here.
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(io.BytesIO(raw)) as im:  # lazy: parses the header only
+            return im.height, im.width
+    except Exception:  # noqa: BLE001 - unrecognised or damaged header: the decoder decides
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def check_pixels(raw: bytes, max_pixels: int) -> None:
+    size = header_size(raw)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise TooLarge(f"header declares {size[1]} x {size[0]} = {size[0] * size[1]:,} pixels, over "
+                       f"data.max_pixels = {max_pixels:,}; not decoded")
+
+
+def read_image(path: str, max_pixels: int = PILLOW_MAX_PIXELS) -> torch.Tensor:
+    """Decode any image file to uint8 RGB (3, H, W); raises on unreadable data and on
+    images over ``max_pixels``."""
     with open(path, "rb") as fh:
         raw = fh.read()
+    check_pixels(raw, max_pixels)
     return decode_bytes(raw)
 
 
@@ -154,8 +195,8 @@ def _decode_fast(raw: bytes, size: tuple[int, int], reduction: int, transform, v
 class ImageFolderDataset(Dataset):
     """Samples of an ImageNet-style folder; keys are indices or (index, augmentation seed)."""
 
-    def __init__(self, samples: list[tuple[str, int]], transform=None) -> None:
-        self.samples, self.transform = samples, transform
+    def __init__(self, samples: list[tuple[str, int]], transform=None, max_pixels: int = PILLOW_MAX_PIXELS) -> None:
+        self.samples, self.transform, self.max_pixels = samples, transform, max_pixels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -163,9 +204,11 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, key):
         index, generator = sample_key(key)
         path, label = self.samples[index]
+        inflight.note(path)
         try:
             with open(path, "rb") as fh:
                 raw = fh.read()
+            check_pixels(raw, self.max_pixels)
             img = decode_view(raw, self.transform, generator)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file, not a crash
             return Skipped(path, f"{type(exc).__name__}: {exc}"), label

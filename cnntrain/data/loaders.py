@@ -7,19 +7,30 @@ Under several processes the training set is shuffled per epoch by a seeded permu
 and sharded (padded to equal shards, as DistributedSampler does); the validation set is
 sharded without padding (``indices[rank::world]``) and the processes add up their
 counts, so every sample is counted exactly once.
+
+A loader worker that dies (a signal from a native decoder or the OOM killer) ends the run
+through :func:`workers_guarded` with a one-line error naming the file it was decoding
+(:mod:`cnntrain.data.inflight`), and on every way out the workers are stopped, so the
+process always exits.
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from cnntrain.data import inflight
 from cnntrain.data.fastjpeg import is_hwc
 from cnntrain.data.folder import ImageFolderDataset, Skipped
 from cnntrain.data.gpudecode import BatchDecoder, DecodedBatches, EncodedFolder, collate_encoded
 from cnntrain.data.sampler import EpochSampler, shard
+from cnntrain.errors import CnnTrainError
 
 IN_MEMORY = ("digits", "synthetic")
 
@@ -59,12 +70,24 @@ def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[Skipped]]:
     return images, labels, skipped
 
 
-def _worker_init(_worker_id: int) -> None:
+def _worker_init(folder: str, worker_id: int) -> None:
     """Workers leave SIGINT/SIGTERM/SIGUSR1 to the main process, which stops them
-    after writing its checkpoint; a Ctrl-C must not kill them mid-batch first."""
+    after writing its checkpoint; a Ctrl-C must not kill them mid-batch first. Each notes
+    the file it decodes in ``folder`` (see inflight)."""
+    inflight.start(folder, worker_id)
     for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+class _Loader(DataLoader):
+    """A DataLoader that remembers its latest iterator, so its workers can be found
+    (for the error) and stopped (at exit) even when it does not keep them across epochs."""
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        self._cnntrain_iterator = iterator
+        return iterator
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, workers: int, sampler=None,
@@ -74,7 +97,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, workers: int, sampler=None
     With an :class:`EpochSampler` every key is (index, augmentation seed), so a sample's
     random view is the same whichever worker draws it; that is what makes
     ``persistent`` workers (kept across epochs) safe for exact resumes."""
-    return DataLoader(
+    folder = tempfile.TemporaryDirectory(prefix="cnntrain-inflight-") if workers > 0 else None
+    loader = _Loader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
@@ -82,10 +106,36 @@ def make_loader(dataset: Dataset, batch_size: int, *, workers: int, sampler=None
         num_workers=workers,
         collate_fn=collate_fn,
         pin_memory=pin_memory,
-        worker_init_fn=_worker_init if workers > 0 else None,
+        worker_init_fn=functools.partial(_worker_init, folder.name) if folder else None,
         prefetch_factor=4 if workers > 0 else None,
         persistent_workers=persistent and workers > 0,
+        # Each new iterator draws a base seed; from its own generator it leaves the global
+        # RNG alone, which a resumed run restores to where the checkpoint was written (the
+        # epoch's iterator was made before that, so a second draw would shift every later one).
+        generator=torch.Generator().manual_seed(0),
     )
+    loader.inflight_dir = folder  # removed with the loader
+    return loader
+
+
+@contextmanager
+def workers_guarded(*loaders: DataLoader | None) -> Iterator[None]:
+    """A dead loader worker becomes a one-line error naming its file; the workers of
+    ``loaders`` are stopped on every way out."""
+    try:
+        yield
+    except RuntimeError as exc:
+        for loader in loaders:
+            dead = inflight.worker_death(loader, exc) if loader is not None else None
+            if dead:
+                raise CnnTrainError(
+                    f"a data-loading process died: {dead}. A native decoder may have crashed on that file: "
+                    "move it out of the data folder (or lower data.max_pixels), then continue with --resume auto") from None
+        raise
+    finally:
+        for loader in loaders:
+            if loader is not None:
+                inflight.shutdown(loader)
 
 
 def train_loader(dataset: Dataset, batch_size: int, rank: int, world: int, seed: int, workers: int,

@@ -106,13 +106,25 @@ def setup(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S,
         return env, dev
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
-                                device_id=dev if dev.type == "cuda" else None)
+        # Each elastic attempt gets its own key space: a restarted group sharing the agent's
+        # store would otherwise read the dead attempt's addresses and fail to connect.
+        store, _, _ = next(dist.rendezvous("env://", timeout=timedelta(seconds=timeout_s)))
+        store = dist.PrefixStore(f"cnntrain/attempt_{restart_count()}", store)
+        dist.init_process_group(backend, store=store, rank=env.rank, world_size=env.world,
+                                timeout=timedelta(seconds=timeout_s), device_id=dev if dev.type == "cuda" else None)
     if dev.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world))
     if not env.is_main:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     return env, dev
+
+
+def restart_count() -> int:
+    """How many times torch's elastic agent has restarted this job (0: first attempt)."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
 
 
 def teardown() -> None:
@@ -237,6 +249,15 @@ def any_flag(flag: bool, env: DistEnv, device: torch.device) -> bool:
         return flag
     (count,) = sum_ints([int(flag)], env, device)
     return count > 0
+
+
+def gather_to_main(value: Any, env: DistEnv) -> list[Any] | None:
+    """Every process's ``value`` as a list on rank 0 (None elsewhere); a collective."""
+    if not env.enabled:
+        return [value]
+    out: list[Any] | None = [None] * env.world if env.is_main else None
+    dist.gather_object(value, out, dst=0)
+    return out
 
 
 def agree(env: DistEnv, value: int, what: str) -> None:

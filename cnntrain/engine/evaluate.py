@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from cnntrain.data import BatchPrep, DataBundle, build_data, default_workers, make_loader, val_loader
+from cnntrain.data import BatchPrep, DataBundle, build_data, default_workers, make_loader, recorded, val_loader
 from cnntrain.engine import distributed
 from cnntrain.engine.checkpoint import build_from_checkpoint, load_checkpoint
 from cnntrain.engine.device import Precision, ahead_to_device, choose_precision, prepare_cuda, resolve_device
@@ -145,7 +145,7 @@ def eval_checkpoint(opts: EvalOptions) -> dict[str, Any]:
     model, meta, recipe, precision = load_member(path, dev)
     crops = opts.crops or recipe.eval.crops
     scales = list(opts.scales if opts.scales is not None else recipe.eval.scales)
-    bundle = build_data(recipe, opts.data if opts.data is not None else meta.get("data"), train=False,
+    bundle = build_data(recipe, opts.data if opts.data is not None else recorded(meta.get("data")), train=False,
                         crops=crops, split=split, scales=scales)
     _check_classes(path, meta, bundle)
     ks, k_note = accuracy_ks(opts.topk or recipe.eval.topk, bundle.num_classes)
@@ -200,7 +200,7 @@ def ensemble_checkpoints(opts: EnsembleOptions) -> dict[str, Any]:
                 f"(resize {first_recipe.data.eval_resize}, {first_meta['in_channels']}); "
                 "ensemble members must read the same input views"
             )
-    bundle = build_data(first_recipe, opts.data if opts.data is not None else first_meta.get("data"),
+    bundle = build_data(first_recipe, opts.data if opts.data is not None else recorded(first_meta.get("data")),
                         train=False, crops=crops)
     for path, (_, meta, _, _) in zip(paths, members):
         _check_classes(path, meta, bundle)

@@ -1,5 +1,7 @@
 """What the training loop guards against, in one place: unreadable images (listed in
-``skipped.txt``, or a stop with ``data.strict``), a batch with nothing readable under
+``skipped.txt``, or a stop with ``data.strict``, or once more than
+``data.max_bad_fraction`` of an epoch's images were unreadable: a broken mount must not
+train on nothing), a batch with nothing readable under
 DDP, a non-finite loss (stop with :data:`EXIT_NONFINITE`, or skip up to
 ``train.max_nonfinite_steps`` steps), and the message of a graceful stop."""
 from __future__ import annotations
@@ -38,10 +40,18 @@ class Guards:
         self.on_nonfinite, self.max_nonfinite = recipe.train.on_nonfinite, recipe.train.max_nonfinite_steps
         self.out, self.env, self.progress = out, env, progress
         self.skipped: list[str] = []
+        self.max_bad = recipe.data.max_bad_fraction
+        self.epoch_images, self.epoch_bad = 0, 0
 
-    def note_skipped(self, skipped: list) -> None:
+    def begin_epoch(self, images: int) -> None:
+        """Count this epoch's unreadable images against its ``images`` (this process's share)."""
+        self.epoch_images, self.epoch_bad = images, 0
+
+    def note_skipped(self, skipped: list, training: bool = True) -> None:
         if not skipped:
             return
+        if training:
+            self.epoch_bad += len(skipped)
         if self.strict:
             bad = skipped[0]
             raise CnnTrainError(f"unreadable image {bad.path} ({bad.reason}); data.strict = true stops here")
@@ -50,6 +60,11 @@ class Guards:
             for bad in skipped:
                 fh.write(f"{bad.path}\t{bad.reason}\n")
         self.skipped += [bad.path for bad in skipped]
+        if training and self.epoch_bad > self.max_bad * self.epoch_images:
+            raise CnnTrainError(
+                f"{self.epoch_bad} of this epoch's {self.epoch_images} images were unreadable, more than "
+                f"data.max_bad_fraction = {self.max_bad:g}; the list is {self.out / 'skipped.txt'}. Check the data "
+                "(a broken mount?), or raise data.max_bad_fraction")
 
     def empty_batch(self, images: torch.Tensor) -> None:
         """Under DDP every process must take every step: a batch with no readable image

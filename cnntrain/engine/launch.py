@@ -7,6 +7,11 @@ the launcher stops the others and the error of the failing rank is raised in the
 as a :class:`ProcessFailed`, which the CLI prints before exiting non-zero. A user error
 (:class:`CnnTrainError`) on any rank is preferred over its peers' "connection closed",
 and a crashed rank's cause over the consequences it had on the others.
+
+With ``max_restarts`` R (``fit --max-restarts R``), a failed group is started again, up to
+R times, as ``torchrun --max-restarts`` does; the restarted processes see
+``TORCHELASTIC_RESTART_COUNT`` > 0 and resume from the newest good checkpoint by
+themselves (:mod:`cnntrain.engine.train`).
 """
 from __future__ import annotations
 
@@ -38,8 +43,13 @@ class ProcessFailed(CnnTrainError):
         self.exit_code = exit_code
 
 
-def check_launch(nproc: int, device: str, strategy: str) -> None:
+def check_launch(nproc: int, device: str, strategy: str, max_restarts: int = 0) -> None:
     """Errors a user can fix before any process starts (exit code 2)."""
+    if max_restarts < 0:
+        raise CnnTrainError(f"--max-restarts {max_restarts}: give 0 or more")
+    if max_restarts and nproc < 2:
+        raise CnnTrainError("--max-restarts restarts a group of processes started with --nproc N (N >= 2); "
+                            "for one process, let the scheduler restart it with --resume auto")
     if strategy not in STRATEGIES:
         raise CnnTrainError(f"--strategy {strategy!r}: use ddp or dp")
     if nproc < 1:
@@ -101,14 +111,14 @@ def _quiet_launcher(debug: bool):
 
 
 def launch(fn: Callable[..., Any], args: tuple, nproc: int, *, debug: bool = False,
-           rdzv_timeout_s: int = 900) -> Any:
+           rdzv_timeout_s: int = 900, max_restarts: int = 0) -> Any:
     """Run ``fn(*args)`` in ``nproc`` processes on this machine (torch's elastic launcher,
     spawn start method); returns rank 0's result. The first failing process ends the job:
     the launcher stops the others and this raises :class:`ProcessFailed` with its error."""
     with tempfile.TemporaryDirectory(prefix="cnntrain-launch-") as logs:
         config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc,
                               run_id=f"cnntrain-{uuid.uuid4()}", rdzv_backend="c10d", rdzv_endpoint="localhost:0",
-                              rdzv_configs={"timeout": rdzv_timeout_s}, max_restarts=0, monitor_interval=0.1,
+                              rdzv_configs={"timeout": rdzv_timeout_s}, max_restarts=max_restarts, monitor_interval=0.1,
                               start_method="spawn", logs_specs=DefaultLogsSpecs(log_dir=logs))
         try:
             with _quiet_launcher(debug):

@@ -51,9 +51,13 @@ class FitOptions:
     resume: str | None = None  # "auto" or a checkpoint path
     progress: bool = True
     strategy: str = "ddp"  # "dp": torch.nn.DataParallel over all visible GPUs in one process
+    overwrite: bool = False  # move a run already in `out` aside instead of refusing
+    resume_force: bool = False  # resume although the recipe differs in keys that change the result
 
     def __post_init__(self) -> None:
         _at_least(0, workers=self.workers)  # --strategy and --nproc: launch.check_launch
+        if self.resume is not None and self.overwrite:
+            raise CnnTrainError("--resume continues the run in --out and --overwrite moves it aside; give one")
 
 
 def _check_npz(flag: str, path: str | None) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cnntrain.data import BatchPrep, build_data, default_workers, val_loader
+from cnntrain.data import BatchPrep, build_data, default_workers, recorded, val_loader
 from cnntrain.data.protocols import get_protocol, protocol_scales, protocol_transform
 from cnntrain.engine import distributed
 from cnntrain.engine.dense import DenseScorer, fully_convolutional
@@ -41,7 +41,7 @@ def eval_protocol(opts: EvalOptions) -> dict[str, Any]:
     size = recipe.data.train_size
     scales, chosen = protocol_scales(protocol, recipe, opts.scales)
     transform = protocol_transform(protocol, size, scales)
-    bundle = build_data(recipe, opts.data if opts.data is not None else meta.get("data"), train=False,
+    bundle = build_data(recipe, opts.data if opts.data is not None else recorded(meta.get("data")), train=False,
                         split=split, eval_transform=transform)
     _check_classes(path, meta, bundle)
     ks, k_note = accuracy_ks(opts.topk or recipe.eval.topk, bundle.num_classes)

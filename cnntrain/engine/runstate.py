@@ -1,10 +1,14 @@
 """Where a run stands, and its checkpoints: ``last.pt`` (everything the next step depends
-on), ``prev.pt`` (the one before, kept by the atomic write) and ``best.pt`` (weights
-only), and resuming from the newest loadable one.
+on), ``prev.pt``, ``prev2.pt``, ... (the ones before, ``train.keep_checkpoints`` step
+checkpoints in all) and ``best.pt`` (weights only), and resuming from the newest one
+that loads and matches its recorded SHA-256.
 
 ``last.pt`` holds the weights, optimiser, schedule, scaler, the epoch and position in
-it, the epoch's running metrics, the skip counters and every RNG state, so a run killed
-at any step and resumed ends bitwise equal to one that was never stopped (on CPU).
+it, the epoch's running metrics, the skip counters, and every process's RNG and sampler
+state (gathered from all ranks: saving is a collective), so a run killed at any step and
+resumed with the same number of processes ends bitwise equal to one that was never
+stopped (on CPU). It also records the torch version, the world size and the resolved
+recipe, which :mod:`~cnntrain.engine.resumecheck` compares before resuming.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from torch import nn
 from cnntrain import __version__
 from cnntrain.engine.checkpoint import FORMAT, load_checkpoint, save_atomic, unwrap
 from cnntrain.engine.device import rng_state, set_rng_state
+from cnntrain.engine.resumecheck import check_resume
 from cnntrain.engine.ema import WeightAverage
 from cnntrain.engine.metrics import Meter
 from cnntrain.engine.optim import LRSchedule
@@ -80,9 +85,21 @@ class RunState:
     scaler: torch.amp.GradScaler
     ema: WeightAverage | None
     progress: Progress = field(default_factory=Progress)
+    keep: int = 2  # step checkpoints kept (train.keep_checkpoints)
+    rank: int = 0
+    world: int = 1
+    force: bool = False  # --resume-force: resume although the recipe changed
+    rng_restored: bool = False  # this rank's RNG came from the checkpoint (mid-epoch: no reseeding)
 
-    def state_dict(self) -> dict[str, Any]:
+    def rank_state(self, position: int) -> dict[str, Any]:
+        """What each process contributes to a checkpoint: its RNG and sampler state."""
         p = self.progress
+        return {"rng": rng_state(), "sampler": {"epoch": p.epoch, "position": position,
+                                                "rank": self.rank, "world": self.world}}
+
+    def state_dict(self, ranks: list[dict] | None = None) -> dict[str, Any]:
+        p = self.progress
+        ranks = ranks or [self.rank_state(0)]
         return {
             "format": FORMAT,
             "version": __version__,
@@ -97,13 +114,19 @@ class RunState:
             "best_top1": p.best_top1,
             "meter": p.meter.state_dict(),
             "counters": {"nonfinite_skipped": p.nonfinite_skipped, "amp_skipped": int(p.amp_skipped)},
-            "rng": rng_state(),
+            "rng": ranks[0]["rng"],
+            "ranks": ranks,
+            "world": len(ranks),
+            "torch": str(torch.__version__),  # a plain str: TorchVersion would not load with weights_only
             **({"ema": self.ema.state_dict()} if self.ema else {}),
         }
 
-    def save(self, improved: bool = False) -> None:
-        state = self.state_dict()
-        save_atomic(state, self.out / "last.pt", previous=self.out / "prev.pt")
+    def save(self, improved: bool = False, ranks: list[dict] | None = None) -> None:
+        """Write last.pt (and best.pt when ``improved``); on rank 0, with every rank's
+        state gathered in ``ranks``."""
+        state = self.state_dict(ranks)
+        previous = [self.out / f"prev{'' if i == 1 else i}.pt" for i in range(1, self.keep)]
+        save_atomic(state, self.out / "last.pt", previous=previous)
         if improved:
             weights = {k: state[k] for k in ("format", "version", "meta", "model", "epoch", "step", "best_top1")}
             if self.ema is not None:  # best.pt holds the averaged weights that were validated
@@ -115,7 +138,7 @@ class RunState:
     def _candidates(self, spec: str) -> list[Path]:
         if spec != "auto":
             return [Path(spec)]
-        return [p for p in (self.out / "last.pt", self.out / "prev.pt") if p.is_file()]
+        return [p for p in (self.out / "last.pt", *sorted(self.out.glob("prev*.pt"))) if p.is_file()]
 
     def _newest(self, spec: str) -> tuple[Path, dict] | None:
         """The loadable checkpoint with the most steps; says which others were passed over."""
@@ -126,7 +149,7 @@ class RunState:
             except CnnTrainError as exc:
                 if spec != "auto":
                     raise
-                print(f"resume: skipping {path}: {exc}")
+                print(f"resume: passing over damaged {path}: {exc}")
                 continue
             if "optimizer" not in payload:
                 raise CnnTrainError(f"{path} holds weights only (a best.pt); resume from last.pt")
@@ -151,6 +174,7 @@ class RunState:
                 f"cannot resume from {path}: it holds {meta['arch']} with {len(meta['classes'])} classes, "
                 f"this run trains {arch} with {classes}; use another --out"
             )
+        check_resume(payload, self.meta["recipe"], path, self.force, self.world)
         unwrap(self.model).load_state_dict(payload["model"])
         if self.ema is not None:  # a checkpoint from a run without averaging starts it from the weights
             self.ema.load_state_dict(payload.get("ema") or {"model": payload["model"], "updates": 0})
@@ -163,11 +187,19 @@ class RunState:
         p.meter.load_state_dict(payload["meter"])
         p.nonfinite_skipped = payload["counters"]["nonfinite_skipped"]
         p.amp_skipped = payload["counters"]["amp_skipped"]
-        set_rng_state(payload["rng"])
+        self._restore_rng(payload)
         if truncate_log:
             self._truncate_metrics()
         print(f"resume: {path} at epoch {p.epoch}, step {p.step}"
               f"{f' ({p.epoch_step} into epoch {p.epoch + 1})' if p.epoch_step else ''}")
+
+    def _restore_rng(self, payload: dict[str, Any]) -> None:
+        """This rank's own RNG state when the world size is unchanged; otherwise the
+        epoch's per-rank reseeding takes over (see distributed.reseed_rank)."""
+        ranks = payload.get("ranks") or [{"rng": payload["rng"]}]
+        if len(ranks) == self.world:
+            set_rng_state(ranks[self.rank]["rng"])
+            self.rng_restored = True
 
     def _truncate_metrics(self) -> None:
         """Drop log lines of epochs the checkpoint does not contain (written before a kill)."""

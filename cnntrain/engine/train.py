@@ -11,9 +11,15 @@ The parts come from :mod:`~cnntrain.engine.factory`, checkpoints and resume from
 :mod:`~cnntrain.engine.runstate`, the skip / non-finite / stop rules from
 :mod:`~cnntrain.engine.guards`. The sample order and augmentation are functions of
 (seed, epoch, position), so a run killed at any step and resumed ends bitwise equal to
-one that was never stopped (on CPU). SIGTERM/SIGINT/SIGUSR1 finish the step, save and
-exit with code 75; a non-finite loss stops with code 3 (or skips the step, if the recipe
-says so).
+one that was never stopped (on CPU), with one process or several (every rank's RNG
+state is saved). SIGTERM/SIGINT/SIGUSR1 finish the step, save and exit with code 75
+(SIGUSR1 under SLURM with ``train.requeue`` also requeues the job); a non-finite loss
+stops with code 3 (or skips the step, if the recipe says so); no finished step for
+``train.watchdog`` seconds dumps every stack and exits with code 124.
+
+The run folder is claimed and locked first (:mod:`~cnntrain.engine.runfolder`); a process
+restarted by torch's elastic agent (``--max-restarts``) resumes from the newest good
+checkpoint by itself.
 """
 from __future__ import annotations
 
@@ -28,9 +34,9 @@ import torch
 from tqdm import tqdm
 
 from cnntrain.data import DataBundle, build_data, default_workers, gpudecode, resident, train_loader, val_loader
-from cnntrain.data.loaders import gpu_decode_loader
+from cnntrain.data.loaders import gpu_decode_loader, workers_guarded
 from cnntrain.data.views import progressive_size
-from cnntrain.engine import distributed, factory
+from cnntrain.engine import distributed, factory, requeue, runfolder
 from cnntrain.engine.checkpoint import model_meta
 from cnntrain.engine.device import ahead_to_device, seed_everything
 from cnntrain.engine.evaluate import evaluate
@@ -41,6 +47,7 @@ from cnntrain.engine.options import FitOptions
 from cnntrain.engine.runstate import Progress, RunState, running_marker
 from cnntrain.engine.signals import GracefulStop
 from cnntrain.engine.step import main_output, training_loss  # noqa: F401 - re-exported
+from cnntrain.engine.watchdog import Watchdog
 from cnntrain.errors import CnnTrainError
 from cnntrain.recipe import Recipe
 
@@ -52,7 +59,9 @@ class Trainer:
     def __init__(self, recipe: Recipe, opts: FitOptions) -> None:
         self.recipe, self.out = recipe, Path(opts.out)
         self.env, self.device = distributed.setup(opts.device, recipe.train.dist_timeout, recipe.train.deterministic)
-        self.opts = dataclasses.replace(opts, progress=opts.progress and self.env.is_main)
+        # A process the elastic agent restarted continues the run it was part of.
+        resume = opts.resume or ("auto" if distributed.restart_count() else None)
+        self.opts = dataclasses.replace(opts, progress=opts.progress and self.env.is_main, resume=resume)
         seed_everything(recipe.train.seed, recipe.train.deterministic)
         self.data: DataBundle = build_data(recipe, opts.data, train=True)
         self._check_classes()
@@ -77,10 +86,12 @@ class Trainer:
         if factory.wants_compile(recipe.train.compile, self.device, self.total_steps, self.model):
             factory.compile_step(self.fit_step, self.batch // max(1, recipe.train.accumulate))
         self.schedule = LRSchedule(recipe.schedule, recipe.optim.lr, self.steps_per_epoch, self.total_steps)
+        recipe.data.root = d.record  # recorded exactly, so eval and the saved recipe.toml read the same data
         meta = model_meta(recipe.to_dict(), d.classes, d.channels, d.mean, d.std)
-        meta["data"] = d.root or (opts.data if opts.data else None)
+        meta["data"] = d.record
         self.state = RunState(self.out, meta, self.model, self.optimizer, self.schedule, self.parts.scaler,
-                              self.parts.ema)
+                              self.parts.ema, keep=recipe.train.keep_checkpoints, rank=env.rank, world=env.world,
+                              force=opts.resume_force)
         self.progress: Progress = self.state.progress
         self.guards = Guards(recipe, self.out, env, self.progress)
         self.stop = GracefulStop()
@@ -113,9 +124,19 @@ class Trainer:
     # ----------------------------------------------------------------- the loop
 
     def run(self) -> dict[str, Any]:
+        lock = runfolder.claim(self.out, self.opts.resume, self.opts.overwrite) if self.env.is_main else None
+        try:
+            with workers_guarded(getattr(self.train_loader, "loader", self.train_loader), self.val_loader):
+                return self._run()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self) -> dict[str, Any]:
         self._begin()
         p, record, main = self.progress, {}, self.env.is_main
-        with self.stop, running_marker(self.out, main), closing(run_log(self.out, main)) as log:
+        self.watchdog = Watchdog(self.recipe.train.watchdog, self.out, self.env.rank)
+        with self.stop, self.watchdog, running_marker(self.out, main), closing(run_log(self.out, main)) as log:
             while p.epoch < self.epochs and p.step < self.total_steps:
                 bar, start, seen, lr = self._begin_epoch()
                 for images, target, skipped in bar:
@@ -126,16 +147,17 @@ class Trainer:
                     seen, stop = seen + self._train_step(images, target, lr), self._stop_requested(images)
                     p.step += 1
                     p.epoch_step += 1
+                    self.watchdog.beat()
                     if p.step % POSTFIX_EVERY == 0:  # reading the meter waits for the device
                         bar.set_postfix(loss=f"{p.meter.loss:.3f}", top1=f"{p.meter.accuracy(1):.1f}",
                                         lr=f"{lr:.3g}", ips=f"{seen / max(time.perf_counter() - start, 1e-9):.0f}",
                                         refresh=False)
                     if stop:
-                        self._save_on_main()
-                        raise stopped(self.stop.requested, f"after step {p.step} (epoch {p.epoch + 1})", self.out)
+                        self._save()
+                        raise self._stopped(f"after step {p.step} (epoch {p.epoch + 1})")
                     every = self.recipe.train.save_every_steps
-                    if every and p.step % every == 0 and p.epoch_step < self.steps_per_epoch:
-                        self.state.save()
+                    if every and p.step % every == 0 and p.epoch_step < self.steps_per_epoch and p.step < self.total_steps:
+                        self._save()
                 record = self._end_epoch(log, lr, seen, time.perf_counter() - start)
         if self.guards.skipped:
             print(f"skipped {len(self.guards.skipped)} unreadable file(s); paths in {self.out / 'skipped.txt'}")
@@ -162,14 +184,23 @@ class Trainer:
             return self.fit_step.stop_everywhere
         return distributed.any_flag(self.stop.requested is not None, self.env, self.device)
 
-    def _save_on_main(self, improved: bool = False) -> None:
+    def _save(self, improved: bool = False) -> None:
+        """Write the checkpoint on rank 0 with every rank's RNG and sampler state (a
+        collective: every process calls it at the same step)."""
+        ranks = distributed.gather_to_main(self.state.rank_state(self.progress.epoch_step * self.batch), self.env)
         if self.env.is_main:
-            self.state.save(improved)
+            self.state.save(improved, ranks)
+
+    def _stopped(self, where: str) -> CnnTrainError:
+        """The graceful stop's error; under SLURM with train.requeue, after requeueing."""
+        error = stopped(self.stop.requested, where, self.out)
+        if requeue.wanted(self.recipe, self.stop.requested, self.env.is_main):
+            print(requeue.requeue())
+        return error
 
     # ----------------------------------------------------------------- around the loop
 
     def _begin(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
         if self.opts.resume:
             self.state.resume(self.opts.resume, truncate_log=self.env.is_main)
             distributed.agree(self.env, self.progress.step, "the step to resume from")
@@ -206,7 +237,10 @@ class Trainer:
         self.sampler.set_epoch(p.epoch, p.epoch_step * self.batch)
         if self.recipe.data.progressive:  # before the epoch's workers start (not persistent then)
             self.data.train.transform.set_size(progressive_size(self.recipe.data, p.epoch))
-        distributed.reseed_rank(self.env, self.recipe.train.seed, p.epoch, p.epoch_step)
+        self.guards.begin_epoch(self.sampler.per_rank)
+        if not (self.state.rng_restored and p.epoch_step):  # mid-epoch: the checkpoint's own RNG state goes on
+            distributed.reseed_rank(self.env, self.recipe.train.seed, p.epoch, p.epoch_step)
+        self.state.rng_restored = False
         bar = tqdm(ahead_to_device(self.train_loader, self.device), desc=f"epoch {p.epoch + 1}/{self.epochs}",
                    leave=False, initial=p.epoch_step, total=self.steps_per_epoch,
                    disable=None if self.opts.progress else True, dynamic_ncols=True)
@@ -234,10 +268,10 @@ class Trainer:
                   "skipped": len(self.guards.skipped) - self.skipped_before_epoch,
                   "nonfinite_skipped": p.nonfinite_skipped, "amp_skipped": p.amp_skipped}
         log.epoch(record)  # before the checkpoint: a kill in between re-runs and rewrites it
-        self._save_on_main(improved)
+        self._save(improved)
         print(epoch_line(record, self.epochs, self.recipe.eval.topk))
         if self._stop_requested():
-            raise stopped(self.stop.requested, f"at the end of epoch {p.epoch}", self.out)
+            raise self._stopped(f"at the end of epoch {p.epoch}")
         return record
 
     def validate(self) -> dict[str, Any]:
@@ -248,7 +282,8 @@ class Trainer:
         model = ema.module if ema is not None else distributed.eval_model(self.model)
         (meter,), skipped = evaluate([model], self.val_loader, [self.parts.prep], self.device,
                                      self.parts.precision, ks, progress=self.opts.progress)
-        self.guards.note_skipped(skipped)
+        self.guards.note_skipped(skipped, training=False)
+        self.watchdog.beat()
         meter = distributed.reduce_meter(meter, self.env, self.device)  # each sample once, over all shards
         return {f"val_{k}": v for k, v in meter.result().items()}
 
