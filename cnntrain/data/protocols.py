@@ -134,20 +134,14 @@ def crop_boxes(layout: str, h: int, w: int, size: int) -> list[tuple[int, int, i
     raise ValueError(layout)
 
 
-class CropViews:
-    """A crop protocol's views of a uint8 (C, H, W) image: for each scale, the image with
-    its shorter side resized to it, the layout's boxes (resized to the crop when larger),
-    and their mirrors; stacked (V, C, size, size). Same interface as the evaluation
-    transform (:class:`cnntrain.data.transforms.EvalTransform`), so JPEG decoding may
-    stop at a reduced scale when every view allows it."""
+class _ProtocolView:
+    """What every protocol view shares: no random draw, views over the whole image (no
+    region decoding), and JPEG decoding allowed down to a scale that still covers the
+    largest shorter side. Same interface as the evaluation transform
+    (:class:`cnntrain.data.transforms.EvalTransform`)."""
 
     def __init__(self, protocol: Protocol, size: int, scales: list[int]) -> None:
         self.protocol, self.size, self.scales = protocol, size, scales
-
-    @property
-    def views(self) -> int:
-        per_scale = {"center": 1, "ten": 5, "grid5": 25, "googlenet": 18}[self.protocol.layout]
-        return per_scale * len(self.scales) * (2 if self.protocol.flips else 1)
 
     def draw(self, h: int, w: int, generator: torch.Generator | None = None) -> tuple:
         return ()
@@ -162,6 +156,23 @@ class CropViews:
         return None  # the views cover the whole image
 
     def apply(self, img: torch.Tensor, view: tuple = (), src_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.apply(img)
+
+
+class CropViews(_ProtocolView):
+    """A crop protocol's views of a uint8 (C, H, W) image: for each scale, the image with
+    its shorter side resized to it, the layout's boxes (resized to the crop when larger),
+    and their mirrors; stacked (V, C, size, size)."""
+
+    @property
+    def views(self) -> int:
+        per_scale = {"center": 1, "ten": 5, "grid5": 25, "googlenet": 18}[self.protocol.layout]
+        return per_scale * len(self.scales) * (2 if self.protocol.flips else 1)
+
+    def apply(self, img: torch.Tensor, view: tuple = (), src_hw: tuple[int, int] | None = None) -> torch.Tensor:
         out = []
         for side in self.scales:
             scaled = resize_shorter(img, side)
@@ -174,17 +185,11 @@ class CropViews:
                     out.append(TF.horizontal_flip(crop))
         return torch.stack([v.contiguous() for v in out])
 
-    def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.apply(img)
 
-
-class WholeImage:
+class WholeImage(_ProtocolView):
     """A dense protocol's input: the whole image, unresized (the engine rescales it to each
     Q on the device). JPEGs may be decoded at a reduced scale that still covers the
     largest Q."""
-
-    def __init__(self, protocol: Protocol, size: int, scales: list[int]) -> None:
-        self.protocol, self.size, self.scales = protocol, size, scales
 
     @property
     def views(self) -> int:
@@ -195,23 +200,8 @@ class WholeImage:
         sizes = {shorter_side_size(h, w, max(q, self.size)) for q in self.scales}
         return len(sizes) * (2 if self.protocol.flips else 1)
 
-    def draw(self, h: int, w: int, generator: torch.Generator | None = None) -> tuple:
-        return ()
-
-    def max_reduction(self, h: int, w: int, view: tuple) -> float:
-        return min(h, w) / max(self.scales)
-
-    def region(self, view: tuple) -> None:
-        return None
-
-    def support(self, view: tuple, hw: tuple[int, int]) -> None:
-        return None
-
     def apply(self, img: torch.Tensor, view: tuple = (), src_hw: tuple[int, int] | None = None) -> torch.Tensor:
         return img.contiguous()
-
-    def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.apply(img)
 
 
 def protocol_transform(protocol: Protocol, size: int, scales: list[int]) -> CropViews | WholeImage:
