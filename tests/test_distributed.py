@@ -207,7 +207,10 @@ def test_a_failing_rank_ends_the_job(tmp_path):
     elapsed = time.monotonic() - start
     assert res.returncode == 2
     assert "unreadable image" in res.stderr and str(bad) in res.stderr
-    assert res.stderr.strip().splitlines()[-1].startswith("error: rank ")
+    # the last error line names the rank (multiprocessing's resource tracker may still
+    # warn about the killed peer's semaphores after it, at interpreter exit)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and errors[-1].startswith("error: rank ")
     assert elapsed < 60  # the launcher stops the peer at once; no wait for the collective timeout
 
 

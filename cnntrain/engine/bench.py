@@ -150,6 +150,17 @@ def _time_loader(loader, consume: Callable[[Any], int], batches: int, warmup: in
         del it
 
 
+def _reference_loader(root: str, recipe, mean, std, batch_size: int, workers: int,
+                      pin: bool) -> torch.utils.data.DataLoader:
+    """torchvision's own ImageFolder + RandomResizedCrop + flip + ToTensor + Normalize."""
+    aug, size = recipe.augment, recipe.data.train_size
+    reference = T.Compose([T.RandomResizedCrop(size, scale=tuple(aug.scale), ratio=tuple(aug.ratio)),
+                           T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    base_set = datasets.ImageFolder(str(Path(root) / "train"), transform=reference)
+    return torch.utils.data.DataLoader(base_set, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                       pin_memory=pin)
+
+
 def bench_data(opts: BenchDataOptions) -> dict[str, Any]:
     root, batches, batch_size, warmup = opts.root, opts.batches, opts.batch_size, opts.warmup
     if Path(root).is_dir() and find_cifar(Path(root)):
@@ -183,12 +194,7 @@ def bench_data(opts: BenchDataOptions) -> dict[str, Any]:
         float(x.sum())
         return int(x.shape[0])
 
-    mean, std = bundle.mean, bundle.std
-    reference = T.Compose([T.RandomResizedCrop(size, scale=tuple(aug.scale), ratio=tuple(aug.ratio)),
-                           T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
-    base_set = datasets.ImageFolder(str(Path(root) / "train"), transform=reference)
-    base_loader = torch.utils.data.DataLoader(base_set, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                              pin_memory=pin)
+    base_loader = _reference_loader(root, recipe, bundle.mean, bundle.std, batch_size, workers, pin)
 
     def base_consume(batch) -> int:
         x = batch[0].to(dev, non_blocking=True)
@@ -351,6 +357,16 @@ def _bare_step(recipe: Recipe, dev: torch.device, images: torch.Tensor, target: 
     return step
 
 
+def _fixed_batch(batch: int, spec: SyntheticSpec, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One seeded host batch of uint8 images and labels (pinned for CUDA), fed every step."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, spec.channels, spec.size, spec.size), dtype=torch.uint8, generator=gen)
+    target = torch.randint(0, spec.num_classes, (batch,), generator=gen)
+    if dev.type == "cuda":
+        images, target = images.pin_memory(), target.pin_memory()
+    return images, target
+
+
 def bench_train(opts: BenchTrainOptions) -> dict[str, Any]:
     recipe = load_recipe(opts.recipe, list(opts.overrides))
     dev = resolve_device(opts.device)
@@ -359,11 +375,7 @@ def bench_train(opts: BenchTrainOptions) -> dict[str, Any]:
     batch = opts.batch_size or recipe.optim.batch_size
     per_process_batch(batch, SINGLE, recipe.train.accumulate)  # equal micro-batches, as in fit
     spec = synthetic_spec(recipe)
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (batch, spec.channels, spec.size, spec.size), dtype=torch.uint8, generator=gen)
-    target = torch.randint(0, spec.num_classes, (batch,), generator=gen)
-    if dev.type == "cuda":
-        images, target = images.pin_memory(), target.pin_memory()
+    images, target = _fixed_batch(batch, spec, dev)
 
     # cnntrain: the parts `fit` builds (factory.build_run) and the step it runs, with its
     # schedule update and accuracy bookkeeping.

@@ -14,7 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cnntrain.data import BatchPrep, DataBundle, build_data, default_workers, make_loader, recorded, val_loader
-from cnntrain.engine import distributed
+from cnntrain.engine import collectives, distributed
 from cnntrain.engine.checkpoint import build_from_checkpoint, load_checkpoint
 from cnntrain.engine.device import Precision, ahead_to_device, choose_precision, prepare_cuda, resolve_device
 from cnntrain.engine.metrics import Meter
@@ -158,8 +158,8 @@ def eval_checkpoint(opts: EvalOptions) -> dict[str, Any]:
         raise CnnTrainError("--report and --save-logits read every image in one process; drop --nproc/torchrun")
     (meter,), skipped = evaluate([model], loader, [prep], dev, precision, ks,
                                  progress=opts.progress and env.is_main, sink=sink)
-    meter = distributed.reduce_meter(meter, env, dev)
-    (n_skipped,) = distributed.sum_ints([len(skipped)], env, dev)
+    meter = collectives.reduce_meter(meter, env, dev)
+    (n_skipped,) = collectives.sum_ints([len(skipped)], env, dev)
     views = crops * max(1, len(scales))
     distinct = distinct_views(bundle.val) if env.is_main and views > 1 else None
     result = meter.result()

@@ -15,7 +15,7 @@ from typing import Any
 
 from cnntrain.data import BatchPrep, build_data, default_workers, recorded, val_loader
 from cnntrain.data.protocols import get_protocol, protocol_scales, protocol_transform
-from cnntrain.engine import distributed
+from cnntrain.engine import collectives, distributed
 from cnntrain.engine.dense import DenseScorer, fully_convolutional
 from cnntrain.engine.evaluate import _check_classes, evaluate, fp32_head, load_member
 from cnntrain.engine.options import EvalOptions
@@ -57,8 +57,8 @@ def eval_protocol(opts: EvalOptions) -> dict[str, Any]:
         raise CnnTrainError("--report and --save-logits read every image in one process; drop --nproc/torchrun")
     (meter,), skipped = evaluate([scorer], loader, [prep], dev, precision, ks,
                                  progress=opts.progress and env.is_main, views=views, sink=sink)
-    meter = distributed.reduce_meter(meter, env, dev)
-    (n_skipped,) = distributed.sum_ints([len(skipped)], env, dev)
+    meter = collectives.reduce_meter(meter, env, dev)
+    (n_skipped,) = collectives.sum_ints([len(skipped)], env, dev)
     distinct = distinct_views(bundle.val, transform) if env.is_main else None
     result = meter.result()
     result.update(checkpoint=str(path), arch=meta["arch"], split=split, protocol=protocol.name,

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from cnntrain.data import BatchPrep
-from cnntrain.engine import distributed
+from cnntrain.engine import collectives, distributed
 from cnntrain.engine.checkpoint import unwrap
 from cnntrain.engine.device import Precision
 from cnntrain.engine.ema import WeightAverage
@@ -127,7 +127,7 @@ class FitStep:
             logits.append(main_output(outputs).detach())
             targets.append(dominant(y))  # mixed targets: accuracy against the dominant label
         # The step's one host read: the guard needs the loss before the update.
-        self.loss, loss_value, self.stop_everywhere = distributed.step_scalars(total, stop, self.env)
+        self.loss, loss_value, self.stop_everywhere = collectives.step_scalars(total, stop, self.env)
         if check is not None and check(loss_value) is False:
             self.optimizer.zero_grad(set_to_none=True)
             self.stepped, self.overflowed = False, False

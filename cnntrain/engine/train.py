@@ -36,7 +36,7 @@ from tqdm import tqdm
 from cnntrain.data import DataBundle, build_data, default_workers, gpudecode, resident, train_loader, val_loader
 from cnntrain.data.loaders import gpu_decode_loader, workers_guarded
 from cnntrain.data.views import progressive_size
-from cnntrain.engine import distributed, factory, requeue, runfolder
+from cnntrain.engine import collectives, distributed, factory, requeue, runfolder
 from cnntrain.engine.checkpoint import model_meta
 from cnntrain.engine.device import ahead_to_device, seed_everything
 from cnntrain.engine.evaluate import evaluate
@@ -182,12 +182,12 @@ class Trainer:
         step it travelled with the step's loss; otherwise it takes a collective of its own."""
         if images is not None and images.numel():
             return self.fit_step.stop_everywhere
-        return distributed.any_flag(self.stop.requested is not None, self.env, self.device)
+        return collectives.any_flag(self.stop.requested is not None, self.env, self.device)
 
     def _save(self, improved: bool = False) -> None:
         """Write the checkpoint on rank 0 with every rank's RNG and sampler state (a
         collective: every process calls it at the same step)."""
-        ranks = distributed.gather_to_main(self.state.rank_state(self.progress.epoch_step * self.batch), self.env)
+        ranks = collectives.gather_to_main(self.state.rank_state(self.progress.epoch_step * self.batch), self.env)
         if self.env.is_main:
             self.state.save(improved, ranks)
 
@@ -203,7 +203,7 @@ class Trainer:
     def _begin(self) -> None:
         if self.opts.resume:
             self.state.resume(self.opts.resume, truncate_log=self.env.is_main)
-            distributed.agree(self.env, self.progress.step, "the step to resume from")
+            collectives.agree(self.env, self.progress.step, "the step to resume from")
         if self.env.is_main:
             (self.out / "recipe.toml").write_text(self.recipe.to_toml())
         for note in self.data.notes:
@@ -249,7 +249,7 @@ class Trainer:
     def _end_epoch(self, log: RunLog, lr: float, seen: int, elapsed: float) -> dict[str, Any]:
         """Count the epoch over every process, validate when due, log, save, print."""
         p = self.progress
-        meter = distributed.reduce_meter(p.meter, self.env, self.device)  # every process's samples
+        meter = collectives.reduce_meter(p.meter, self.env, self.device)  # every process's samples
         record = {"train_loss": meter.loss, "train_top1": meter.accuracy(1), "lr": lr,
                   "images_per_s": seen * self.env.world / max(elapsed, 1e-9), "epoch_time_s": elapsed}
         p.epoch += 1
@@ -284,7 +284,7 @@ class Trainer:
                                      self.parts.precision, ks, progress=self.opts.progress)
         self.guards.note_skipped(skipped, training=False)
         self.watchdog.beat()
-        meter = distributed.reduce_meter(meter, self.env, self.device)  # each sample once, over all shards
+        meter = collectives.reduce_meter(meter, self.env, self.device)  # each sample once, over all shards
         return {f"val_{k}": v for k, v in meter.result().items()}
 
 
