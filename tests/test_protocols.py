@@ -240,7 +240,7 @@ def test_header_shows_real_steps_and_finished_resume_says_complete(tmp_path, cap
     args = ["fit", "--recipe", "lenet5", "--out", out, "--no-progress", *FAST, *SMALL, "--set", "train.iterations=1"]
     code, text, err = run_cli(args, capsys)
     assert code == 0, err
-    assert "1 steps (train.iterations; 1 epoch of 2 steps)" in text
+    assert "1 step (train.iterations; 1 epoch of 2 steps)" in text
     code, text, err = run_cli([*args, "--resume", "auto"], capsys)
     assert code == 0, err
     assert "is complete (step 1 of 1" in text and "epoch 1/1" not in text

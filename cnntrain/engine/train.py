@@ -221,10 +221,10 @@ class Trainer:
 
     def _length(self) -> str:
         """The steps the run will take: whole epochs, or train.iterations cutting them short."""
+        epochs, steps = _count(self.epochs, "epoch"), _count(self.steps_per_epoch, "step")
         if self.total_steps < self.epochs * self.steps_per_epoch:
-            return (f"{self.total_steps} steps (train.iterations; {self.epochs} epoch{'s' if self.epochs > 1 else ''}"
-                    f" of {self.steps_per_epoch} steps)")
-        return f"{self.epochs} epoch{'s' if self.epochs > 1 else ''} x {self.steps_per_epoch} steps"
+            return f"{_count(self.total_steps, 'step')} (train.iterations; {epochs} of {steps})"
+        return f"{epochs} x {steps}"
 
     def _begin_epoch(self) -> tuple[tqdm, float, int, float]:
         """The epoch's remaining batches (a progress bar over them), its start time,
@@ -292,3 +292,7 @@ def fit(recipe: Recipe, opts: FitOptions) -> dict[str, Any]:
     result = Trainer(recipe, opts).run()
     distributed.teardown()  # not on errors: the process is ending, and peers must see its error first
     return result
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
