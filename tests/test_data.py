@@ -172,3 +172,12 @@ def test_sample_order_and_augmentation_independent_of_workers_and_resume(tmp_pat
     other = EpochSampler(len(bundle.train), seed=7)
     other.set_epoch(4)
     assert [i for i, _ in other] != [i for i, _ in EpochSampler(len(bundle.train), seed=7)]
+
+
+def test_a_skipped_files_reason_is_one_line_without_object_addresses():
+    from PIL import UnidentifiedImageError
+
+    from cnntrain.data.folder import skip_reason
+
+    exc = UnidentifiedImageError("cannot identify image file <_io.BytesIO object at 0x7fd4d9bf77e0>\nmore")
+    assert skip_reason(exc) == "UnidentifiedImageError: cannot identify image file"

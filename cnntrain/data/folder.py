@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,13 @@ from cnntrain.data.transforms import scaled_box
 from cnntrain.errors import CnnTrainError
 
 _NATIVE = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"RIFF")
+
+
+def skip_reason(exc: BaseException) -> str:
+    """Why a file was skipped, in one line: the error's type and first line, without the
+    object addresses decoders put in it (``<_io.BytesIO object at 0x7f...>``)."""
+    text = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc)).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
 
 
 @dataclass(frozen=True)
@@ -211,7 +219,7 @@ class ImageFolderDataset(Dataset):
             check_pixels(raw, self.max_pixels)
             img = decode_view(raw, self.transform, generator)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file, not a crash
-            return Skipped(path, f"{type(exc).__name__}: {exc}"), label
+            return Skipped(path, skip_reason(exc)), label
         return img, label
 
 

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from cnntrain.data import fastjpeg
-from cnntrain.data.folder import ImageFolderDataset, Skipped, decode_bytes, decode_view
+from cnntrain.data.folder import ImageFolderDataset, Skipped, decode_bytes, decode_view, skip_reason
 from cnntrain.data.resident import per_image_only
 from cnntrain.data.sampler import sample_key
 from cnntrain.errors import CnnTrainError
@@ -89,7 +89,7 @@ class EncodedFolder(Dataset):
             view = self.transform.draw(*size, generator)
             return Encoded(path, torch.frombuffer(bytearray(raw), dtype=torch.uint8), view, size), label
         except Exception as exc:  # noqa: BLE001 - any failure is a bad file, not a crash
-            return Skipped(path, f"{type(exc).__name__}: {exc}"), label
+            return Skipped(path, skip_reason(exc)), label
 
 
 def collate_encoded(batch: list) -> tuple[list, torch.Tensor, list[Skipped]]:
@@ -127,7 +127,7 @@ class BatchDecoder:
         try:
             img = fastjpeg.channels_last(decode_bytes(e.data.numpy().tobytes()))
         except Exception as exc:  # noqa: BLE001 - no decoder reads it: skipped and listed
-            return Skipped(e.path, f"{type(exc).__name__}: {exc}")
+            return Skipped(e.path, skip_reason(exc))
         return self.transform.apply(img, e.view, e.size)
 
     def __call__(self, samples: list, labels: torch.Tensor,
