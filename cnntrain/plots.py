@@ -132,7 +132,7 @@ def compare_chart(panels: list[tuple[str, list[dict[str, Any]]]], path: str | Pa
                              squeeze=False)
     pmax = max(r["params"] for _, rows in panels for r in rows)
     per_million = 900 / (pmax / 1e6)  # the largest model gets 900 points^2
-    boxes = []
+    panel_points = []
     for ax, (metric, rows) in zip(axes[0], panels):
         xs = [r["macs"] / 1e9 for r in rows]
         ys = [r["err"] for r in rows]
@@ -149,10 +149,11 @@ def compare_chart(panels: list[tuple[str, list[dict[str, Any]]]], path: str | Pa
         ax.set_title(f"{metric} reported by the paper", fontsize=11)
         ax.grid(True, which="both", color="0.92", zorder=0)
         _size_legend(ax, per_million, [r["params"] for r in rows])
-        fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
-        fig.canvas.draw()
-        points = [Point(x, y, r["model"], s) for x, y, r, s in zip(xs, ys, rows, sizes)]
-        boxes.append(place_labels(ax, points))
+        panel_points.append([Point(x, y, r["model"], s) for x, y, r, s in zip(xs, ys, rows, sizes)])
+    # Labels are placed in figure points, so only after the one final layout.
+    fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
+    fig.canvas.draw()
+    boxes = [place_labels(ax, points) for ax, points in zip(axes[0], panel_points)]
     if note:
         fig.text(0.01, 0.01, note, fontsize=8, color="0.35")
     _save(fig, path)

@@ -472,8 +472,7 @@ def _check_consistency(recipe: Recipe, where: str) -> None:
                        ("data.synthetic_val_samples", recipe.data.synthetic_val_samples)):
         if value is not None and value < 1:
             raise CnnTrainError(f"{where}: {key} must be at least 1, got {value}")
-    if not 0 <= recipe.data.max_bad_fraction <= 1:
-        raise CnnTrainError(f"{where}: data.max_bad_fraction must be in [0, 1], got {recipe.data.max_bad_fraction}")
+    _check_fraction(where, data__max_bad_fraction=recipe.data.max_bad_fraction)
     if recipe.optim.lr <= 0:
         raise CnnTrainError(f"{where}: optim.lr must be positive, got {recipe.optim.lr}")
     if recipe.schedule.name == "triangle" and (recipe.schedule.warmup <= 0 or recipe.schedule.warmup_mode != "linear"):

@@ -100,3 +100,17 @@ def test_gpu_decode_matches_the_cpu_decode_within_tolerance(tmp_path):
         ref, _ = cpu_reference(bundle, key)
         diff = (images[i].cpu().float() - ref.float()).abs()
         assert diff.mean() < 3 and diff.max() <= 64, (bundle.train.samples[key[0]][0], diff.mean(), diff.max())
+
+
+def test_gpu_decode_workers_keep_the_folders_pixel_cap(tmp_path):
+    from tests.test_reliability import png_bomb
+
+    root = tmp_path / "data"
+    write_image_folder(root, size=(40, 30))
+    png_bomb(root / "train" / "cat" / "bomb.png")
+    recipe = load_recipe("resnet18", RECIPE)
+    bundle = build_data(recipe, str(root))
+    encoded = gpudecode.EncodedFolder(bundle.train)
+    index = next(i for i, (path, _) in enumerate(encoded.samples) if path.endswith("bomb.png"))
+    item, _ = encoded[index]
+    assert isinstance(item, Skipped) and "pixels" in item.reason

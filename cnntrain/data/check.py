@@ -14,7 +14,6 @@ The exit status says what it found: 0 clean, 1 problems (each listed with its pa
 from __future__ import annotations
 
 import hashlib
-import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from cnntrain.data.folder import list_classes, read_image
+from cnntrain.data.folder import PILLOW_MAX_PIXELS, check_pixels, decode_bytes, image_files, list_classes, skip_reason
 from cnntrain.errors import CnnTrainError
 
 SPLITS = ("train", "val", "test")
@@ -38,10 +37,7 @@ class SplitScan:
 def _scan(split_dir: Path) -> SplitScan:
     scan = SplitScan(loose=sorted(str(p) for p in split_dir.iterdir() if p.is_file() and not p.name.startswith(".")))
     for name in list_classes(split_dir):
-        found = []
-        for dirpath, dirnames, filenames in os.walk(split_dir / name, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            found += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
+        found = image_files(split_dir / name)
         scan.counts[name] = len(found)
         scan.files += [(name, f) for f in found]
     return scan
@@ -55,9 +51,10 @@ def _inspect(path: str) -> tuple[str, tuple[int, int] | None, str | None]:
     if not raw:
         return digest, None, "zero-byte file"
     try:
-        img = read_image(path)
+        check_pixels(raw, PILLOW_MAX_PIXELS)
+        img = decode_bytes(raw)  # the bytes already read for the hash
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the finding itself
-        return digest, None, f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        return digest, None, f"unreadable ({skip_reason(exc)})"
     return digest, (int(img.shape[-1]), int(img.shape[-2])), None
 
 

@@ -60,16 +60,23 @@ def list_classes(split_dir: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
 
 
+def image_files(folder: str | os.PathLike) -> list[str]:
+    """Every non-hidden file under ``folder`` (symlinks followed), in sorted order: what
+    training reads, `data check` inspects and `predict` labels."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
+    return found
+
+
 def scan_split(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
     samples: list[tuple[str, int]] = []
     for index, name in enumerate(classes):
         class_dir = split_dir / name
         if not class_dir.is_dir():
             continue
-        found = []
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            found += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
+        found = image_files(class_dir)
         if not found:
             raise CnnTrainError(
                 f"class folder {class_dir} is empty; put its images there or remove the folder"
@@ -217,10 +224,14 @@ class ImageFolderDataset(Dataset):
             with open(path, "rb") as fh:
                 raw = fh.read()
             check_pixels(raw, self.max_pixels)
-            img = decode_view(raw, self.transform, generator)
+            img = self.load(path, raw, generator)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file, not a crash
             return Skipped(path, skip_reason(exc)), label
         return img, label
+
+    def load(self, path: str, raw: bytes, generator: torch.Generator | None):
+        """A checked file's bytes -> the sample (here: its decoded training view)."""
+        return decode_view(raw, self.transform, generator)
 
 
 def load_folder(root: Path, val_labels: str = "") -> dict:

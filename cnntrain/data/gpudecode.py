@@ -27,13 +27,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from cnntrain.data import fastjpeg
 from cnntrain.data.folder import ImageFolderDataset, Skipped, decode_bytes, decode_view, skip_reason
 from cnntrain.data.resident import per_image_only
-from cnntrain.data.sampler import sample_key
 from cnntrain.errors import CnnTrainError
 from cnntrain.recipe import Recipe
 
@@ -67,29 +65,21 @@ class Encoded:
     size: tuple[int, int]
 
 
-class EncodedFolder(Dataset):
+class EncodedFolder(ImageFolderDataset):
     """An :class:`ImageFolderDataset` whose JPEGs come out undecoded (:class:`Encoded`);
-    other files come out decoded by the CPU path, unreadable ones as :class:`Skipped`."""
+    other files come out decoded by the CPU path, unreadable ones as :class:`Skipped`.
+    The pixel cap and the in-flight note are the folder's own (a bomb is never handed
+    to nvJPEG)."""
 
     def __init__(self, folder: ImageFolderDataset) -> None:
-        self.samples, self.transform = folder.samples, folder.transform
+        super().__init__(folder.samples, folder.transform, folder.max_pixels)
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, key):
-        index, generator = sample_key(key)
-        path, label = self.samples[index]
-        try:
-            with open(path, "rb") as fh:
-                raw = fh.read()
-            size = fastjpeg.jpeg_size(raw)
-            if size is None:
-                return decode_view(raw, self.transform, generator), label
-            view = self.transform.draw(*size, generator)
-            return Encoded(path, torch.frombuffer(bytearray(raw), dtype=torch.uint8), view, size), label
-        except Exception as exc:  # noqa: BLE001 - any failure is a bad file, not a crash
-            return Skipped(path, skip_reason(exc)), label
+    def load(self, path: str, raw: bytes, generator: torch.Generator | None):
+        size = fastjpeg.jpeg_size(raw)
+        if size is None:
+            return decode_view(raw, self.transform, generator)
+        view = self.transform.draw(*size, generator)
+        return Encoded(path, torch.frombuffer(bytearray(raw), dtype=torch.uint8), view, size)
 
 
 def collate_encoded(batch: list) -> tuple[list, torch.Tensor, list[Skipped]]:

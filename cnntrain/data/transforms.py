@@ -19,6 +19,7 @@ evaluator averages the softmax over all scales and crops (multi-crop, not dense)
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -204,6 +205,13 @@ class EvalTransform:
         return self.apply(img)
 
 
+@functools.lru_cache(maxsize=None)
+def _eigen_on(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ImageNet eigenvectors and eigenvalues on ``device``, copied there once (a
+    copy per batch would wait for the GPU's queued work)."""
+    return IMAGENET_EIGVEC.to(device), IMAGENET_EIGVAL.to(device)
+
+
 def pca_lighting(batch: torch.Tensor, std: float, generator: torch.Generator | None = None,
                  value_scale: float = 1.0) -> torch.Tensor:
     """AlexNet's colour augmentation on a float batch (N, 3, H, W) of values in
@@ -215,7 +223,7 @@ def pca_lighting(batch: torch.Tensor, std: float, generator: torch.Generator | N
     # copy, no synchronisation on a GPU; on the CPU the same draws as ever.
     device = generator.device if generator is not None else batch.device
     alpha = torch.randn(batch.shape[0], 3, generator=generator, device=device) * std
-    vec, val = IMAGENET_EIGVEC.to(device), IMAGENET_EIGVAL.to(device)
+    vec, val = _eigen_on(device)
     shift = (alpha * val) @ vec.T * value_scale  # (N, 3): sum_j eigvec[:, j] * alpha_j * eigval_j
     return batch + shift.to(batch.device, batch.dtype)[:, :, None, None]
 

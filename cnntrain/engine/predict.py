@@ -11,7 +11,6 @@ exits with status 1 (all files labelled: 0).
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from cnntrain.data import BatchPrep, make_loader
-from cnntrain.data.folder import ImageFolderDataset
+from cnntrain.data.folder import ImageFolderDataset, image_files
 from cnntrain.data.transforms import EvalTransform
 from cnntrain.engine.device import prepare_cuda, resolve_device
 from cnntrain.engine.evaluate import load_member, member_scores
@@ -52,9 +51,7 @@ def collect_files(paths: list[str]) -> list[str]:
         if p.is_file():
             files.append(str(p))
         elif p.is_dir():
-            for dirpath, dirnames, filenames in os.walk(p, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                files += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
+            files += image_files(p)
         else:
             raise CnnTrainError(f"predict: {given}: no such file or folder")
     if not files:
@@ -64,6 +61,8 @@ def collect_files(paths: list[str]) -> list[str]:
 
 def _load_members(paths: list[str], dev: torch.device) -> list[tuple]:
     members = [load_member(p, dev) for p in paths]
+    for model, *_ in members:
+        model.eval()
     _, meta0, recipe0, _ = members[0]
     view0 = (recipe0.data.train_size, recipe0.data.eval_resize, meta0["in_channels"])
     for path, (_, meta, recipe, _) in zip(paths[1:], members[1:]):
@@ -101,7 +100,6 @@ def predict(opts: PredictOptions) -> dict[str, Any]:
         multi = images.shape[1] if images.ndim == 5 else 0
         probs = []
         for (model, _, _, _), prep in zip(members, preps):
-            model.eval()
             with precision.autocast(dev):
                 probs.append(member_scores(model, prep(images), multi)[1])
         top = torch.stack(probs).mean(0).topk(k, dim=1)

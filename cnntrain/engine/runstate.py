@@ -142,7 +142,8 @@ class RunState:
 
     def _newest(self, spec: str) -> tuple[Path, dict] | None:
         """The loadable checkpoint with the most steps; says which others were passed over."""
-        found: list[tuple[int, Path, dict]] = []
+        found: list[tuple[int, Path]] = []
+        best: tuple[int, Path, dict] | None = None  # only the newest payload is kept in memory
         for path in self._candidates(spec):
             try:
                 payload = load_checkpoint(path)
@@ -153,13 +154,15 @@ class RunState:
                 continue
             if "optimizer" not in payload:
                 raise CnnTrainError(f"{path} holds weights only (a best.pt); resume from last.pt")
-            found.append((payload["step"], path, payload))
-        if not found:
+            found.append((payload["step"], path))
+            if best is None or payload["step"] > best[0]:
+                best = (payload["step"], path, payload)
+        if best is None:
             return None
-        found.sort(key=lambda item: item[0], reverse=True)
-        for other_step, other, _ in found[1:]:
-            print(f"resume: passing over {other} (step {other_step}, older)")
-        return found[0][1], found[0][2]
+        for other_step, other in sorted(found, key=lambda item: item[0], reverse=True):
+            if other != best[1]:
+                print(f"resume: passing over {other} (step {other_step}, older)")
+        return best[1], best[2]
 
     def resume(self, spec: str, truncate_log: bool = True) -> None:
         """Restore the newest loadable checkpoint (``spec``: "auto" or a path)."""

@@ -27,14 +27,6 @@ def uniform() -> float:
     return float(torch.rand((), generator=_GENERATOR))
 
 
-def state() -> torch.Tensor:
-    return _GENERATOR.get_state()
-
-
-def set_state(value: torch.Tensor) -> None:
-    _GENERATOR.set_state(value)
-
-
 class SkipsParameters:
     """Mixin marking a module whose training forward may leave parameters without a
     gradient (a skipped block or path): DDP must look for unused parameters."""
