@@ -6,6 +6,7 @@ an ensemble averages its members' probabilities (default) or logits.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -139,49 +140,80 @@ def preset_of(crops: int, scales: list[int] | None) -> str | None:
     return {1: "center", 10: "10crop"}.get(crops)
 
 
+@dataclass
+class Measured:
+    """One checkpoint's measurement on its evaluation set, as `eval` and `eval --protocol`
+    both take it: the JSON result, the unreadable files, the top-K list and the saved
+    per-image scores (with --report / --save-logits)."""
+
+    result: dict[str, Any]
+    skipped: list
+    ks: list[int]
+    k_note: str | None
+    sink: Collector | None
+
+
+def measure(opts: EvalOptions, env: distributed.DistEnv, dev: torch.device, member: tuple, bundle: DataBundle,
+            batch: int, scorer: nn.Module | None = None, views: int = 0) -> Measured:
+    """Score ``bundle.val`` with the loaded ``member`` (or ``scorer`` built from it),
+    summed over every process."""
+    model, meta, recipe, precision = member
+    sink = Collector() if opts.report or opts.save_logits else None
+    if sink is not None and env.world > 1:
+        raise CnnTrainError("--report and --save-logits read every image in one process; drop --nproc/torchrun")
+    _check_classes(opts.checkpoint, meta, bundle)
+    ks, k_note = accuracy_ks(opts.topk or recipe.eval.topk, bundle.num_classes)
+    workers = default_workers(bundle.kind, env.local_world) if opts.workers is None else opts.workers
+    loader = val_loader(bundle.val, batch, env.rank, env.world, workers, dev.type == "cuda")
+    prep = BatchPrep(tuple(meta["mean"]), tuple(meta["std"]), dev, precision.channels_last)
+    (meter,), skipped = evaluate([scorer or model], loader, [prep], dev, precision, ks,
+                                 progress=opts.progress and env.is_main, views=views, sink=sink)
+    meter = collectives.reduce_meter(meter, env, dev)
+    (n_skipped,) = collectives.sum_ints([len(skipped)], env, dev)
+    result = meter.result()
+    result.update(checkpoint=str(opts.checkpoint), arch=meta["arch"], split=opts.split, skipped=n_skipped,
+                  paper=dict(recipe.paper.reported))
+    if env.enabled:
+        result["processes"] = env.world
+    return Measured(result, skipped, ks, k_note, sink)
+
+
+def finish(m: Measured, opts: EvalOptions, bundle: DataBundle, member: tuple, paper: list[str]) -> dict[str, Any]:
+    """The lines after the measurement (K clipped, the paper's number, unreadable files)
+    and the saved outputs; returns the JSON result."""
+    _, meta, recipe, _ = member
+    for line in ([m.k_note] if m.k_note else []) + paper:
+        print(line)
+    if m.skipped:
+        print(f"skipped {len(m.skipped)} unreadable file(s): {', '.join(b.path for b in m.skipped[:5])}")
+    elif m.result["skipped"]:
+        print(f"skipped {m.result['skipped']} unreadable file(s) on other processes")
+    if m.sink is not None:  # the per-image scores are the views' averages
+        m.result.update(eval_outputs(m.sink, opts, bundle.val, m.skipped, [(opts.checkpoint, meta, recipe)],
+                                     m.result, m.ks[-1]))
+    return m.result
+
+
 def eval_checkpoint(opts: EvalOptions) -> dict[str, Any]:
     path, split = opts.checkpoint, opts.split
     env, dev = distributed.setup(opts.device)  # several processes under torchrun or `eval --nproc`
-    model, meta, recipe, precision = load_member(path, dev)
+    member = load_member(path, dev)
+    _, meta, recipe, _ = member
     crops = opts.crops or recipe.eval.crops
     scales = list(opts.scales if opts.scales is not None else recipe.eval.scales)
     bundle = build_data(recipe, opts.data if opts.data is not None else recorded(meta.get("data")), train=False,
                         crops=crops, split=split, scales=scales)
-    _check_classes(path, meta, bundle)
-    ks, k_note = accuracy_ks(opts.topk or recipe.eval.topk, bundle.num_classes)
-    workers = default_workers(bundle.kind, env.local_world) if opts.workers is None else opts.workers
-    loader = val_loader(bundle.val, opts.batch_size or recipe.eval.batch_size or recipe.optim.batch_size,
-                        env.rank, env.world, workers, dev.type == "cuda")
-    prep = BatchPrep(tuple(meta["mean"]), tuple(meta["std"]), dev, precision.channels_last)
-    sink = Collector() if opts.report or opts.save_logits else None
-    if sink is not None and env.world > 1:
-        raise CnnTrainError("--report and --save-logits read every image in one process; drop --nproc/torchrun")
-    (meter,), skipped = evaluate([model], loader, [prep], dev, precision, ks,
-                                 progress=opts.progress and env.is_main, sink=sink)
-    meter = collectives.reduce_meter(meter, env, dev)
-    (n_skipped,) = collectives.sum_ints([len(skipped)], env, dev)
+    m = measure(opts, env, dev, member, bundle, opts.batch_size or recipe.eval.batch_size or recipe.optim.batch_size)
     views = crops * max(1, len(scales))
     distinct = distinct_views(bundle.val) if env.is_main and views > 1 else None
-    result = meter.result()
-    result.update(checkpoint=str(path), arch=meta["arch"], split=split, crops=crops, scales=scales,
-                  protocol=protocol_name(crops, scales), views=views, distinct_views=distinct,
-                  skipped=n_skipped, paper=dict(recipe.paper.reported))
-    if env.enabled:
-        result["processes"] = env.world
+    m.result.update(crops=crops, scales=scales, protocol=protocol_name(crops, scales), views=views,
+                    distinct_views=distinct)
     measured = protocol_name(crops, scales)
     if distinct is not None and distinct < views:
         measured += f" ({distinct} distinct views: the crops coincide at this image size)"
-    print(f"{path}  {meta['arch']}  {split}  {result['samples']} images  {measured}  "
-          f"{accuracy_text(result, ks)}  loss {result['loss']:.4f}")
-    for line in ([k_note] if k_note else []) + paper_lines(recipe, bundle, preset_of(crops, scales), measured):
-        print(line)
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable file(s): {', '.join(b.path for b in skipped[:5])}")
-    elif n_skipped:
-        print(f"skipped {n_skipped} unreadable file(s) on other processes")
-    if sink is not None:
-        result.update(eval_outputs(sink, opts, bundle.val, skipped, [(path, meta, recipe)], result, ks[-1]))
-    return result
+    print(f"{path}  {meta['arch']}  {split}  {m.result['samples']} images  {measured}  "
+          f"{accuracy_text(m.result, m.ks)}  loss {m.result['loss']:.4f}")
+    return finish(m, opts, bundle, member, paper_lines(recipe, bundle, preset_of(crops, scales), measured))
 
 
 def ensemble_checkpoints(opts: EnsembleOptions) -> dict[str, Any]:
