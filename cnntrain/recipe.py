@@ -189,8 +189,8 @@ class TrainSection:
     # knowledge distillation: {teachers = ["a/best.pt", ...], weight = 1.0, temperature = 1.0}
     distill: dict[str, Any] = field(default_factory=dict)
     # module-name prefixes left untouched by training (their BatchNorm statistics too), or
-    # ["backbone"] for everything but the classifier
-    freeze: list[str] = field(default_factory=list)
+    # ["backbone"] for everything but the classifier; a lone string is a one-item list
+    freeze: list[str] = field(default_factory=list, metadata={"lone_item": True})
     # torch.compile the training model; auto: on for CUDA runs of at least 500 steps
     # (compiling costs a minute or so, which only a longer run wins back)
     compile: str = _choice("auto", "auto", "on", "off")
@@ -338,6 +338,8 @@ def _check_raw(raw: dict[str, Any], origin: str) -> None:
                     f"{origin}: unknown key {dotted}{did_you_mean(sub, fields)}; "
                     f"valid keys of [{key}]: {', '.join(fields)}"
                 )
+            if fields[sub].metadata.get("lone_item") and isinstance(sub_value, str):
+                value[sub] = sub_value = [sub_value]  # freeze = "backbone" means ["backbone"]
             if not _type_ok(sub_value, hints[sub]):
                 raise CnnTrainError(
                     f"{origin}: {dotted} must be {_type_name(hints[sub])}, "
