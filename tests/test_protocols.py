@@ -267,3 +267,39 @@ def test_dense_protocol_runs_on_cuda(lenet_run, capsys):
     code, out, err = run_cli(["eval", lenet_run / "best.pt", "--protocol", "resnet-fcn-multiscale", *FAST], capsys)
     assert code == 0, err
     assert gpu.split()[:2] == out.splitlines()[1].split()[:2]  # same top-1 on 12 images
+
+
+def test_fit_and_runs_clip_topk_and_leave_out_the_paper_on_other_data(tmp_path, capsys):
+    """A 2-class run of the digits recipe: no top-5 in its epoch line, metrics.jsonl or
+    `runs`, and `runs` leaves the paper's (10-class digits) number out, saying why."""
+    out = tmp_path / "runs/two"
+    code, text, err = run_cli(["fit", "--recipe", "lenet5", "--out", out, "--no-progress", *FAST, *SMALL,
+                               "--set", "data.num_classes=2", "--set", "train.iterations=1"], capsys)
+    assert code == 0, err
+    assert "note: top-5 clipped to top-2: the model has 2 classes" in text
+    (epoch_line,) = [line for line in text.splitlines() if line.startswith("epoch 1/1")]
+    assert "top2 " in epoch_line and "top5" not in epoch_line
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "val_top2" in record and "val_top5" not in record
+    assert record["data"] == {"kind": "synthetic", "classes": 2}
+    own = tmp_path / "runs/own"  # a run on the recipe's own data keeps the paper's number
+    own.mkdir()
+    (own / "recipe.toml").write_text(load_recipe("lenet5").to_toml())
+    (own / "metrics.jsonl").write_text(json.dumps({**record, "data": {"kind": "digits", "classes": 10}}) + "\n")
+    code, text, err = run_cli(["runs", tmp_path / "runs", "--json"], capsys)
+    rows = {r["run"]: r for r in json.loads(text)["runs"]}
+    assert (rows["two"]["topk"], rows["two"]["paper"], rows["own"]["paper"]) == (2, {}, {"top1_err": 0.95})
+    assert "this data is synthetic with 2 classes" in rows["two"]["paper_note"] and rows["own"]["paper_note"] is None
+    code, text, err = run_cli(["runs", tmp_path / "runs"], capsys)
+    (line,) = [row for row in text.splitlines() if row.startswith("two ")]
+    assert code == 0 and "left out (other data)" in line and "top2 " in line and "top5" not in line
+    assert "two: paper's numbers left out: they are for digits (10 classes)" in text
+
+
+def test_epoch_line_prints_top1_once():
+    from cnntrain.engine.metrics import epoch_line
+
+    record = {"epoch": 1, "step": 2, "train_loss": 1.0, "train_top1": 50.0, "val_top1": 60.0, "lr": 0.1,
+              "images_per_s": 10.0}
+    assert epoch_line(record, 1, 1).count("top1 ") == 2  # train top1, val top1: no repeated top-K
+    assert "top3 0.00%" in epoch_line(record, 1, 3)

@@ -30,14 +30,22 @@ def accuracy_text(result: dict[str, Any], ks: tuple[int, ...]) -> str:
 
 def own_data_note(recipe: Recipe, bundle: DataBundle) -> str | None:
     """None when ``bundle`` is the recipe's dataset with its class count, else why not."""
+    return data_note(recipe, bundle.kind, bundle.num_classes)
+
+
+def data_note(recipe: Recipe, kind: str, num_classes: int) -> str | None:
+    """:func:`own_data_note` for data known by its kind and class count (what a run's
+    metrics.jsonl records, for ``cnntrain runs``). The paper's class count is its
+    dataset's (10 digits, 1,000 ImageNet classes), not a ``data.num_classes`` a run set:
+    a 2-class run of the digits recipe is not the paper's 10-class task."""
     dataset = recipe.data.dataset
-    classes = recipe.data.num_classes or DEFAULT_CLASSES[dataset]
-    same = bundle.kind == dataset or (bundle.kind == "folder" and dataset == "imagenet")
-    if same and bundle.num_classes == classes:
+    classes = DEFAULT_CLASSES[dataset]
+    same = kind == dataset or (kind == "folder" and dataset == "imagenet")
+    if same and num_classes == classes:
         return None
-    what = "an image folder" if bundle.kind == "folder" else bundle.kind
+    what = "an image folder" if kind == "folder" else kind
     return (f"paper's numbers left out: they are for {dataset} ({classes} classes); "
-            f"this data is {what} with {bundle.num_classes} classes")
+            f"this data is {what} with {num_classes} classes")
 
 
 def _errors(numbers: dict[str, float]) -> str:
