@@ -242,20 +242,22 @@ def ensemble_checkpoints(opts: EnsembleOptions) -> dict[str, Any]:
     # Each member's inputs in its own memory format; autocast as the first member's recipe says.
     preps = [BatchPrep(tuple(m["mean"]), tuple(m["std"]), dev, p.channels_last) for _, m, _, p in members]
     sink = Collector() if opts.report else None
-    meters, skipped = evaluate([m for m, _, _, _ in members], loader, preps, dev, precision, (1, topk),
+    ks, k_note = accuracy_ks(topk, bundle.num_classes)  # each top-K once, K at most the classes
+    meters, skipped = evaluate([m for m, _, _, _ in members], loader, preps, dev, precision, ks,
                                combine=combine, progress=opts.progress, sink=sink)
     results = []
     for path, (_, meta, _, _), meter in zip(paths, members, meters):
         r = meter.result()
         r.update(checkpoint=str(path), arch=meta["arch"])
         results.append(r)
-        print(f"member   {path}  {meta['arch']}  top1 {r['top1']:.2f}%  top{topk} {r[f'top{topk}']:.2f}%  "
-              f"loss {r['loss']:.4f}")
+        print(f"member   {path}  {meta['arch']}  {accuracy_text(r, ks)}  loss {r['loss']:.4f}")
     ens = meters[-1].result()
-    print(f"ensemble of {len(paths)} ({combine} average)  top1 {ens['top1']:.2f}%  "
-          f"top{topk} {ens[f'top{topk}']:.2f}%  loss {ens['loss']:.4f}  on {ens['samples']} images")
+    print(f"ensemble of {len(paths)} ({combine} average)  {accuracy_text(ens, ks)}  loss {ens['loss']:.4f}  "
+          f"on {ens['samples']} images")
+    if k_note:
+        print(k_note)
     out = {**ens, "combine": combine, "members": results}
     if sink is not None:
         out.update(eval_outputs(sink, opts, bundle.val, skipped, [(p, m, r) for p, (_, m, r, _) in zip(paths, members)],
-                                out, topk))
+                                out, ks[-1]))
     return out
