@@ -126,17 +126,22 @@ def _check_classes(path: str, meta: dict, data: DataBundle) -> None:
         )
 
 
-def protocol_name(crops: int, scales: list[int] | None) -> str:
-    """How this run measured: e.g. "10-crop", "1-crop at scales 256/384/512"."""
+def protocol_name(crops: int, scales: list[int] | None, flip: bool = False) -> str:
+    """How this run measured: e.g. "10-crop", "1-crop at scales 256/384/512", "1-crop
+    and its mirror" (eval.flip)."""
+    mirror = " and its mirror" if flip and crops == 1 else ""
     if scales:
-        return f"{crops}-crop at scales {'/'.join(map(str, scales))}"
-    return f"{crops}-crop"
+        return f"{crops}-crop{mirror} at scales {'/'.join(map(str, scales))}"
+    return f"{crops}-crop{mirror}"
 
 
-def preset_of(crops: int, scales: list[int] | None) -> str | None:
-    """The protocol preset a --crops/--scales run is (see cnntrain.data.protocols), if any."""
+def preset_of(crops: int, scales: list[int] | None, flip: bool = False) -> str | None:
+    """The protocol preset a --crops/--scales run is (see cnntrain.data.protocols), if any;
+    ``flip``: eval.flip, the mirrored view averaged in (one crop only)."""
     if scales:
         return None
+    if crops == 1 and flip:
+        return "center-flip"
     return {1: "center", 10: "10crop"}.get(crops)
 
 
@@ -204,16 +209,18 @@ def eval_checkpoint(opts: EvalOptions) -> dict[str, Any]:
     bundle = build_data(recipe, opts.data if opts.data is not None else recorded(meta.get("data")), train=False,
                         crops=crops, split=split, scales=scales)
     m = measure(opts, env, dev, member, bundle, opts.batch_size or recipe.eval.batch_size or recipe.optim.batch_size)
-    views = crops * max(1, len(scales))
+    flip = recipe.eval.flip and crops == 1  # 10 crops hold the mirrors already
+    views = crops * max(1, len(scales)) * (2 if flip else 1)
     distinct = distinct_views(bundle.val) if env.is_main and views > 1 else None
-    m.result.update(crops=crops, scales=scales, protocol=protocol_name(crops, scales), views=views,
-                    distinct_views=distinct)
-    measured = protocol_name(crops, scales)
+    measured = protocol_name(crops, scales, flip)
+    m.result.update(crops=crops, scales=scales, protocol=measured, views=views, distinct_views=distinct)
     if distinct is not None and distinct < views:
         measured += f" ({distinct} distinct views: the crops coincide at this image size)"
     print(f"{path}  {meta['arch']}  {split}  {m.result['samples']} images  {measured}  "
           f"{accuracy_text(m.result, m.ks)}  loss {m.result['loss']:.4f}")
-    return finish(m, opts, bundle, member, paper_lines(recipe, bundle, preset_of(crops, scales), measured))
+    own_view = crops == recipe.eval.crops and scales == list(recipe.eval.scales)  # the recipe's own evaluation
+    return finish(m, opts, bundle, member, paper_lines(recipe, bundle, preset_of(crops, scales, flip),
+                                                       measured, own_view=own_view))
 
 
 def ensemble_checkpoints(opts: EnsembleOptions) -> dict[str, Any]:

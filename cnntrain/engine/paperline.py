@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from cnntrain.data import DEFAULT_CLASSES, DataBundle
 from cnntrain.data.folder import Skipped
 from cnntrain.data.protocols import WholeImage
-from cnntrain.recipe import Recipe
+from cnntrain.recipe import UNSTATED, Recipe
 
 
 def accuracy_ks(k: int, num_classes: int) -> tuple[tuple[int, ...], str | None]:
@@ -52,9 +52,12 @@ def _errors(numbers: dict[str, float]) -> str:
     return ", ".join(f"{k.replace('_err', ' error')} {v:g}%" for k, v in numbers.items())
 
 
-def paper_lines(recipe: Recipe, bundle: DataBundle, protocol: str | None, measured: str) -> list[str]:
+def paper_lines(recipe: Recipe, bundle: DataBundle, protocol: str | None, measured: str,
+                own_view: bool = False) -> list[str]:
     """The paper's numbers for the protocol this run measured (a preset name, or None when
-    the run matched none), with ``measured`` describing the run."""
+    the run matched none), with ``measured`` describing the run. Numbers whose paper
+    states no protocol (``unstated``) go beside the recipe's own evaluation (``own_view``:
+    plain ``eval``) only, saying so."""
     reported = recipe.paper.reported
     if not reported:
         return []
@@ -68,9 +71,14 @@ def paper_lines(recipe: Recipe, bundle: DataBundle, protocol: str | None, measur
     if protocol in mapping:
         numbers = {k: reported[k] for k in mapping[protocol]}
         return [f"paper, {protocol}{source}: {_errors(numbers)}   [this run: {measured}]"]
-    others = ", ".join(f"--protocol {name}" for name in mapping)
+    if UNSTATED in mapping and own_view:
+        numbers = {k: reported[k] for k in mapping[UNSTATED]}
+        return [f"paper, protocol not stated by the paper{source}: {_errors(numbers)}   [this run: {measured}]"]
+    others = [f"--protocol {name}" for name in mapping if name != UNSTATED]
+    if UNSTATED in mapping:
+        others.append("the recipe's own evaluation (plain `eval`; the paper does not state its protocol)")
     return [f"paper's numbers left out: none was measured like this run ({measured}); "
-            f"the paper's are for {others}"]
+            f"the paper's are for {', '.join(others)}"]
 
 
 def distinct_views(dataset: Dataset, transform=None) -> int | None:
