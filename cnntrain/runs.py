@@ -4,9 +4,10 @@ and the files a run folder is read from.
 A run folder is one that holds ``recipe.toml`` (written by ``fit`` before the first
 step). Its row comes from files only, never from loading a checkpoint:
 
-- recipe, model, dataset, planned length and the paper's error from ``recipe.toml``; the
-  paper's error only where the run's data (its kind and class count, which each
-  ``metrics.jsonl`` record holds under ``data``) is the recipe's own, else a note why not;
+- recipe, model, planned length and the paper's error from ``recipe.toml``; the data
+  the run read (its kind and class count, which each ``metrics.jsonl`` record holds
+  under ``data``) from the records: the paper's error is shown only where that data is
+  the recipe's own, else a note says why not, and top-K is clipped to its classes;
 - epochs done, best validation top-1 (and the top-K of that epoch) and wall time (the
   sum of ``epoch_time_s``) from ``metrics.jsonl``, where a resumed run's records are
   one history (a re-written epoch keeps its last record);
@@ -101,21 +102,23 @@ def _planned_epochs(recipe: Recipe, records: list[dict[str, Any]]) -> int | None
     return min(limits) if limits else None
 
 
-def _topk_and_paper(recipe: Recipe, records: list[dict[str, Any]]) -> tuple[int, dict[str, float], str | None]:
-    """(top-K the run measured, the paper's numbers, why they are left out) from the data
-    its records name; a run logged before they named it keeps the recipe's K and numbers."""
+def _data_view(recipe: Recipe, records: list[dict[str, Any]]) -> tuple[str, int, dict[str, float], str | None]:
+    """(the data the run read, the top-K it measured, the paper's numbers, why they are
+    left out) from the data its records name; a run logged before they named it keeps the
+    recipe's dataset, K and numbers."""
     data = next((r["data"] for r in reversed(records) if isinstance(r.get("data"), dict)), None)
     if data is None:
-        return recipe.eval.topk, dict(recipe.paper.reported), None
-    (*_, k), _ = accuracy_ks(recipe.eval.topk, int(data["classes"]))
-    note = data_note(recipe, str(data["kind"]), int(data["classes"])) if recipe.paper.reported else None
-    return k, ({} if note else dict(recipe.paper.reported)), note
+        return recipe.data.dataset, recipe.eval.topk, dict(recipe.paper.reported), None
+    kind, classes = str(data["kind"]), int(data["classes"])
+    (*_, k), _ = accuracy_ks(recipe.eval.topk, classes)
+    note = data_note(recipe, kind, classes) if recipe.paper.reported else None
+    return kind, k, ({} if note else dict(recipe.paper.reported)), note
 
 
 def read_run(run_dir: Path, root: Path) -> RunRow:
     recipe = load_recipe(str(run_dir / "recipe.toml"))
     records = read_metrics(run_dir)
-    k, paper, paper_note = _topk_and_paper(recipe, records)
+    dataset, k, paper, paper_note = _data_view(recipe, records)
     planned = _planned_epochs(recipe, records)
     done = records[-1]["epoch"] if records else 0
     validated = [r for r in records if isinstance(r.get("val_top1"), (int, float))]
@@ -125,7 +128,7 @@ def read_run(run_dir: Path, root: Path) -> RunRow:
     else:
         state = "finished" if planned is not None and done >= planned else "interrupted"
     name = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
-    return RunRow(name, recipe.name, recipe.model.arch, recipe.data.dataset, done, planned,
+    return RunRow(name, recipe.name, recipe.model.arch, dataset, done, planned,
                   best["val_top1"] if best else None, best.get(f"val_top{k}") if best else None, k,
                   paper, sum(float(r.get("epoch_time_s", 0.0)) for r in records), state, paper_note)
 

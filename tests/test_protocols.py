@@ -289,6 +289,7 @@ def test_fit_and_runs_clip_topk_and_leave_out_the_paper_on_other_data(tmp_path, 
     code, text, err = run_cli(["runs", tmp_path / "runs", "--json"], capsys)
     rows = {r["run"]: r for r in json.loads(text)["runs"]}
     assert (rows["two"]["topk"], rows["two"]["paper"], rows["own"]["paper"]) == (2, {}, {"top1_err": 0.95})
+    assert (rows["two"]["dataset"], rows["own"]["dataset"]) == ("synthetic", "digits")  # what the run read
     assert "this data is synthetic with 2 classes" in rows["two"]["paper_note"] and rows["own"]["paper_note"] is None
     code, text, err = run_cli(["runs", tmp_path / "runs"], capsys)
     (line,) = [row for row in text.splitlines() if row.startswith("two ")]
