@@ -137,6 +137,22 @@ def test_no_decay_reaches_norm_and_bias_parameters():
     assert len(param_groups(model, 0.1)) == 1  # one group when nothing is exempt
 
 
+def test_norm_decay_covers_beta_and_bias_decay_only_other_biases():
+    # torchvision's --norm-weight-decay exempts gamma and beta; fc.bias stays a plain bias
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(36, 2))
+    decay_of = {id(p): g["weight_decay"] for g in param_groups(model, 2e-5, norm_decay=0.0) for p in g["params"]}
+    assert decay_of[id(model[1].weight)] == 0.0 and decay_of[id(model[1].bias)] == 0.0
+    assert decay_of[id(model[3].bias)] == 2e-5 and decay_of[id(model[0].bias)] == 2e-5
+    decay_of = {id(p): g["weight_decay"] for g in param_groups(model, 2e-5, bias_decay=0.0) for p in g["params"]}
+    assert decay_of[id(model[1].bias)] == 2e-5 and decay_of[id(model[3].bias)] == 0.0
+
+
+@pytest.mark.parametrize("key", ["optim.norm_weight_decay", "optim.bias_weight_decay"])
+def test_negative_group_decay_is_refused(key):
+    with pytest.raises(CnnTrainError, match=f"{key} must not be negative, got -0.5"):
+        load_recipe("lenet5", [f"{key}=-0.5"])
+
+
 def test_lamb_step_matches_algorithm_2():
     w0, g = torch.tensor([[1.0, -2.0], [0.5, 3.0]]), torch.tensor([[0.1, 0.2], [-0.3, 0.4]])
     p = nn.Parameter(w0.clone())
