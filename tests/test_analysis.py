@@ -212,6 +212,39 @@ def test_plot_command_draws_curves_and_checks_its_metrics(seeds, tmp_path, capsy
     assert code == 2 and "metrics.jsonl" in err
 
 
+def _drawn(monkeypatch, capsys, args):
+    """Run `cnntrain plot args` and return the figure it drew instead of saving it."""
+    figs = []
+    monkeypatch.setattr("cnntrain.plots._save", lambda fig, path: figs.append(fig))
+    code, _, err = run_cli(["plot", *args], capsys)
+    assert code == 0, err
+    return figs[0]
+
+
+def test_plot_labels_same_named_runs_by_their_shortest_distinct_path(seeds, tmp_path, monkeypatch, capsys):
+    for parent in ("x", "y"):
+        (tmp_path / parent / "seed0").mkdir(parents=True)
+        (tmp_path / parent / "seed0" / "metrics.jsonl").write_text((seeds / "seed0/metrics.jsonl").read_text())
+    fig = _drawn(monkeypatch, capsys, [tmp_path / "x/seed0", tmp_path / "y/seed0", seeds / "seed1",
+                                       "--metrics", "loss"])
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["x/seed0", "y/seed0", "seed1", "train", "validation"]
+
+
+def test_plot_draws_a_resumed_runs_repeated_epoch_once(seeds, tmp_path, monkeypatch, capsys):
+    record = json.loads((seeds / "seed0/metrics.jsonl").read_text().splitlines()[0])
+    run = tmp_path / "resumed"
+    run.mkdir()
+    # epoch 2 logged, the run killed and resumed from epoch 1's checkpoint: epoch 2 again
+    epochs = [(1, 1.0), (2, 0.9), (2, 0.8), (3, 0.7)]
+    run.joinpath("metrics.jsonl").write_text("".join(
+        json.dumps({**record, "epoch": e, "train_loss": loss}) + "\n" for e, loss in epochs))
+    fig = _drawn(monkeypatch, capsys, [run, "--metrics", "loss"])
+    (train_line, *_) = fig.axes[0].get_lines()
+    assert list(train_line.get_xdata()) == [1, 2, 3]
+    assert list(train_line.get_ydata()) == [1.0, 0.8, 0.7]  # the resumed (later) epoch 2
+
+
 def test_compare_chart_labels_do_not_overlap_on_the_default_set(tmp_path):
     """The default model set's sizes (tests/data/compare_default.json, written by
     `cnntrain compare --json`) with the recipes' errors: no two labels share a pixel, and
