@@ -150,6 +150,28 @@ def test_ensemble_of_saved_logits_equals_ensemble_of_checkpoints(seeds, tmp_path
     assert code == 2 and ".npz" in err
 
 
+def test_report_into_a_file_is_refused_before_any_evaluation(seeds, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for args in (["eval", seeds / "seed0/best.pt"], ["ensemble", seeds / "seed0/best.pt", seeds / "seed1/best.pt"]):
+        for report, blame in ((afile, f"--report {afile} is a file"), (afile / "sub", f"{afile} is a file")):
+            code, out, err = run_cli([*args, "--report", report], capsys)
+            assert code == 2 and err.count("\n") == 1 and blame in err and "give a folder" in err, err
+            assert out == ""  # refused before the evaluation printed anything
+
+
+def test_ensemble_names_files_that_are_not_saved_outputs(tmp_path, capsys):
+    junk, pickled = tmp_path / "junk.npz", tmp_path / "objects.npz"
+    junk.write_text("not an archive\n")
+    np.savez(pickled, logits=np.zeros((1, 2)), probs=np.zeros((1, 2)), labels=np.zeros(1), classes=np.array(["a"]),
+             ids=np.array([object()], dtype=object))
+    for bad in (junk, pickled):
+        code, _, err = run_cli(["ensemble", "--logits", bad, bad], capsys)
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"{bad} is not a .npz archive written by eval --save-logits" in err
+        assert "pickle" not in err
+
+
 def test_ece_nll_brier_by_their_formulas():
     # 10 images at confidence 0.8 of which 8 are right, 5 at 0.6 of which 3 are right: calibrated
     probs = np.array([[0.8, 0.2]] * 10 + [[0.4, 0.6]] * 5)
