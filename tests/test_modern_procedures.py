@@ -2,6 +2,8 @@
 exact resume with mixing, RandAugment and repeated augmentation on."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -281,6 +283,18 @@ def test_bad_procedure_keys_are_one_line_errors():
                            (["train.repeated_aug=0"], "train.repeated_aug")):
         with pytest.raises(CnnTrainError, match=fragment):
             load_recipe("lenet5", sets)
+
+
+def test_training_accuracy_under_mixing_says_it_counts_the_dominant_label(tmp_path, capsys):
+    tiny = [*DIGITS, "--data", "synthetic", "--set", "train.iterations=2", "--set", "data.synthetic_train_samples=16",
+            "--set", "data.synthetic_val_samples=8", "--set", "optim.batch_size=8"]
+    for mixing, out in ((["--set", "augment.mixup=0.2"], tmp_path / "mixed"), ([], tmp_path / "plain")):
+        code, stdout, err = run_cli([*tiny, *mixing, "--out", out], capsys)
+        assert code == 0, err
+        (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert (record.get("train_top1_target") == "dominant") == bool(mixing)
+        assert ("train top1 (dominant label)" in stdout) == bool(mixing)
+        assert "train top1" in stdout
 
 
 # --------------------------------------------------------------------------- exact resume
