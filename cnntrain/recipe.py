@@ -559,8 +559,10 @@ def check_distill(spec: dict[str, Any], where: str) -> None:
                                 f"{'a list of checkpoint paths' if key == 'teachers' else 'a number'}, got {value!r}")
     if not spec.get("teachers"):
         raise CnnTrainError(f'{where}: train.distill needs teachers = ["path/to/best.pt", ...]')
-    if spec.get("weight", 1.0) < 0 or spec.get("temperature", 1.0) <= 0:
-        raise CnnTrainError(f"{where}: train.distill.weight must be >= 0 and train.distill.temperature > 0")
+    if spec.get("weight", 1.0) < 0:
+        raise CnnTrainError(f"{where}: train.distill.weight must be >= 0, got {spec['weight']}")
+    if spec.get("temperature", 1.0) <= 0:
+        raise CnnTrainError(f"{where}: train.distill.temperature must be > 0, got {spec['temperature']}")
 
 
 def _check_eval_protocols(paper: PaperSection, where: str) -> None:

@@ -110,6 +110,22 @@ def test_distillation_loss_equals_its_formula_and_averages_teachers(tmp_path, ca
     assert code == 2 and "train.distill.tempreature" in err and "temperature" in err
 
 
+@pytest.mark.parametrize("spec, blame", [
+    ('{teachers=["a.pt"], temperature=0.0}', "train.distill.temperature must be > 0, got 0.0"),
+    ('{teachers=["a.pt"], weight=-1.0}', "train.distill.weight must be >= 0, got -1.0"),
+])
+def test_distill_settings_name_the_bad_key_and_value(spec, blame):
+    with pytest.raises(CnnTrainError, match=blame):
+        load_recipe("lenet5", [f"train.distill={spec}"])
+
+
+def test_a_missing_teacher_names_train_distill_teachers(tmp_path, capsys):
+    code, _, err = run_cli([*DIGITS, "--out", tmp_path / "s", "--set", "train.iterations=1",
+                            "--set", f'train.distill={{teachers=["{tmp_path}/nope.pt"]}}'], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert f"train.distill.teachers: checkpoint {tmp_path}/nope.pt does not exist" in err
+
+
 # --------------------------------------------------------------------------- optimisation
 
 

@@ -53,7 +53,10 @@ class Teachers:
         self.models: list[nn.Module] = []
         self.affine: list[tuple[torch.Tensor, torch.Tensor]] = []
         for path in spec["teachers"]:
-            payload = load_checkpoint(path)
+            try:
+                payload = load_checkpoint(path)
+            except CnnTrainError as exc:  # "checkpoint X does not exist" alone hides which key named it
+                raise CnnTrainError(f"train.distill.teachers: {exc}; give cnntrain checkpoints (best.pt)") from None
             meta = payload["meta"]
             theirs = list(meta["classes"]) if isinstance(classes, list) else len(meta["classes"])
             if theirs != classes:
