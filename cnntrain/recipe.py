@@ -146,7 +146,8 @@ class OptimSection:
     eps: float = 1e-8  # rmsprop / adamw / lamb: denominator epsilon (Inception-v4's RMSProp: 1.0)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw / lamb moment decays
     trust_coefficient: float = 0.001  # lars: eta of the layer-wise rate (You et al. 2017)
-    # weight decay of normalisation-layer weights and of biases; None = weight_decay
+    # weight decay of every normalisation-layer parameter (gamma and beta) and of the
+    # other layers' biases; None = weight_decay
     norm_weight_decay: float | None = None
     bias_weight_decay: float | None = None
     # learning-rate multipliers by module-name prefix, e.g. { fc = 10.0 } (longest prefix wins)
@@ -470,7 +471,9 @@ def _check_consistency(recipe: Recipe, where: str) -> None:
     for key, value in (("train.save_every_steps", train.save_every_steps), ("train.watchdog", train.watchdog),
                        ("train.max_nonfinite_steps", train.max_nonfinite_steps), ("data.workers", recipe.data.workers),
                        ("augment.pad", recipe.augment.pad), ("train.label_smoothing", train.label_smoothing),
-                       ("optim.weight_decay", recipe.optim.weight_decay)):
+                       ("optim.weight_decay", recipe.optim.weight_decay),
+                       ("optim.norm_weight_decay", recipe.optim.norm_weight_decay),
+                       ("optim.bias_weight_decay", recipe.optim.bias_weight_decay)):
         if value is not None and value < 0:
             raise CnnTrainError(f"{where}: {key} must not be negative, got {value}")
     for key, value in (("train.keep_checkpoints", train.keep_checkpoints), ("train.eval_every", train.eval_every),
@@ -563,8 +566,10 @@ def check_distill(spec: dict[str, Any], where: str) -> None:
                                 f"{'a list of checkpoint paths' if key == 'teachers' else 'a number'}, got {value!r}")
     if not spec.get("teachers"):
         raise CnnTrainError(f'{where}: train.distill needs teachers = ["path/to/best.pt", ...]')
-    if spec.get("weight", 1.0) < 0 or spec.get("temperature", 1.0) <= 0:
-        raise CnnTrainError(f"{where}: train.distill.weight must be >= 0 and train.distill.temperature > 0")
+    if spec.get("weight", 1.0) < 0:
+        raise CnnTrainError(f"{where}: train.distill.weight must be >= 0, got {spec['weight']}")
+    if spec.get("temperature", 1.0) <= 0:
+        raise CnnTrainError(f"{where}: train.distill.temperature must be > 0, got {spec['temperature']}")
 
 
 def _check_eval_protocols(paper: PaperSection, where: str) -> None:

@@ -216,6 +216,21 @@ def parse_metrics(text: str) -> list[str]:
     return names
 
 
+def run_labels(paths: list[Path]) -> list[str]:
+    """Each run's shortest trailing path that no other given run ends with: ``--seeds``
+    runs of two recipes are all ``seed0``..., so ``a/seed0`` and ``b/seed0`` tell them apart."""
+    parts = [Path(p).resolve().parts for p in paths]
+
+    def label(i: int) -> str:
+        mine = parts[i]
+        for k in range(1, len(mine) + 1):
+            if all(other[-k:] != mine[-k:] for j, other in enumerate(parts) if j != i):
+                return str(Path(*mine[-k:]))
+        return str(Path(*mine))  # the same folder given twice: its full path
+
+    return [label(i) for i in range(len(parts))]
+
+
 def plot_runs(runs: list[str], out: str, metrics: list[str]) -> str:
     """Draw the curves of every run folder in ``runs`` into ``out``; returns a summary line."""
     series = []
@@ -225,7 +240,8 @@ def plot_runs(runs: list[str], out: str, metrics: list[str]) -> str:
         if not records:
             raise CnnTrainError(f"{path / 'metrics.jsonl'} is missing or empty; give run folders that "
                                 "`cnntrain fit --out` wrote after at least one epoch")
-        series.append((path.resolve().name, records))
+        series.append((path, records))
+    series = list(zip(run_labels([p for p, _ in series]), [r for _, r in series]))
     for metric in metrics:
         keys = (metric, f"train_{metric}", f"val_{metric}")
         if not any(k in r for _, records in series for r in records for k in keys):

@@ -150,6 +150,28 @@ def test_ensemble_of_saved_logits_equals_ensemble_of_checkpoints(seeds, tmp_path
     assert code == 2 and ".npz" in err
 
 
+def test_report_into_a_file_is_refused_before_any_evaluation(seeds, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for args in (["eval", seeds / "seed0/best.pt"], ["ensemble", seeds / "seed0/best.pt", seeds / "seed1/best.pt"]):
+        for report, blame in ((afile, f"--report {afile} is a file"), (afile / "sub", f"{afile} is a file")):
+            code, out, err = run_cli([*args, "--report", report], capsys)
+            assert code == 2 and err.count("\n") == 1 and blame in err and "give a folder" in err, err
+            assert out == ""  # refused before the evaluation printed anything
+
+
+def test_ensemble_names_files_that_are_not_saved_outputs(tmp_path, capsys):
+    junk, pickled = tmp_path / "junk.npz", tmp_path / "objects.npz"
+    junk.write_text("not an archive\n")
+    np.savez(pickled, logits=np.zeros((1, 2)), probs=np.zeros((1, 2)), labels=np.zeros(1), classes=np.array(["a"]),
+             ids=np.array([object()], dtype=object))
+    for bad in (junk, pickled):
+        code, _, err = run_cli(["ensemble", "--logits", bad, bad], capsys)
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"{bad} is not a .npz archive written by eval --save-logits" in err
+        assert "pickle" not in err
+
+
 def test_ece_nll_brier_by_their_formulas():
     # 10 images at confidence 0.8 of which 8 are right, 5 at 0.6 of which 3 are right: calibrated
     probs = np.array([[0.8, 0.2]] * 10 + [[0.4, 0.6]] * 5)
@@ -210,6 +232,39 @@ def test_plot_command_draws_curves_and_checks_its_metrics(seeds, tmp_path, capsy
     assert code == 2 and "--metrics" in err
     code, _, err = run_cli(["plot", tmp_path / "nothing"], capsys)
     assert code == 2 and "metrics.jsonl" in err
+
+
+def _drawn(monkeypatch, capsys, args):
+    """Run `cnntrain plot args` and return the figure it drew instead of saving it."""
+    figs = []
+    monkeypatch.setattr("cnntrain.plots._save", lambda fig, path: figs.append(fig))
+    code, _, err = run_cli(["plot", *args], capsys)
+    assert code == 0, err
+    return figs[0]
+
+
+def test_plot_labels_same_named_runs_by_their_shortest_distinct_path(seeds, tmp_path, monkeypatch, capsys):
+    for parent in ("x", "y"):
+        (tmp_path / parent / "seed0").mkdir(parents=True)
+        (tmp_path / parent / "seed0" / "metrics.jsonl").write_text((seeds / "seed0/metrics.jsonl").read_text())
+    fig = _drawn(monkeypatch, capsys, [tmp_path / "x/seed0", tmp_path / "y/seed0", seeds / "seed1",
+                                       "--metrics", "loss"])
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["x/seed0", "y/seed0", "seed1", "train", "validation"]
+
+
+def test_plot_draws_a_resumed_runs_repeated_epoch_once(seeds, tmp_path, monkeypatch, capsys):
+    record = json.loads((seeds / "seed0/metrics.jsonl").read_text().splitlines()[0])
+    run = tmp_path / "resumed"
+    run.mkdir()
+    # epoch 2 logged, the run killed and resumed from epoch 1's checkpoint: epoch 2 again
+    epochs = [(1, 1.0), (2, 0.9), (2, 0.8), (3, 0.7)]
+    run.joinpath("metrics.jsonl").write_text("".join(
+        json.dumps({**record, "epoch": e, "train_loss": loss}) + "\n" for e, loss in epochs))
+    fig = _drawn(monkeypatch, capsys, [run, "--metrics", "loss"])
+    (train_line, *_) = fig.axes[0].get_lines()
+    assert list(train_line.get_xdata()) == [1, 2, 3]
+    assert list(train_line.get_ydata()) == [1.0, 0.8, 0.7]  # the resumed (later) epoch 2
 
 
 def test_compare_chart_labels_do_not_overlap_on_the_default_set(tmp_path):

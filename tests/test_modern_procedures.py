@@ -2,6 +2,8 @@
 exact resume with mixing, RandAugment and repeated augmentation on."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -108,6 +110,22 @@ def test_distillation_loss_equals_its_formula_and_averages_teachers(tmp_path, ca
     assert code == 2 and "train.distill.tempreature" in err and "temperature" in err
 
 
+@pytest.mark.parametrize("spec, blame", [
+    ('{teachers=["a.pt"], temperature=0.0}', "train.distill.temperature must be > 0, got 0.0"),
+    ('{teachers=["a.pt"], weight=-1.0}', "train.distill.weight must be >= 0, got -1.0"),
+])
+def test_distill_settings_name_the_bad_key_and_value(spec, blame):
+    with pytest.raises(CnnTrainError, match=blame):
+        load_recipe("lenet5", [f"train.distill={spec}"])
+
+
+def test_a_missing_teacher_names_train_distill_teachers(tmp_path, capsys):
+    code, _, err = run_cli([*DIGITS, "--out", tmp_path / "s", "--set", "train.iterations=1",
+                            "--set", f'train.distill={{teachers=["{tmp_path}/nope.pt"]}}'], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert f"train.distill.teachers: checkpoint {tmp_path}/nope.pt does not exist" in err
+
+
 # --------------------------------------------------------------------------- optimisation
 
 
@@ -135,6 +153,22 @@ def test_no_decay_reaches_norm_and_bias_parameters():
     for p, old in zip(model.parameters(), snapshot):
         assert torch.equal(p, old) == (id(p) not in decayed)
     assert len(param_groups(model, 0.1)) == 1  # one group when nothing is exempt
+
+
+def test_norm_decay_covers_beta_and_bias_decay_only_other_biases():
+    # torchvision's --norm-weight-decay exempts gamma and beta; fc.bias stays a plain bias
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(36, 2))
+    decay_of = {id(p): g["weight_decay"] for g in param_groups(model, 2e-5, norm_decay=0.0) for p in g["params"]}
+    assert decay_of[id(model[1].weight)] == 0.0 and decay_of[id(model[1].bias)] == 0.0
+    assert decay_of[id(model[3].bias)] == 2e-5 and decay_of[id(model[0].bias)] == 2e-5
+    decay_of = {id(p): g["weight_decay"] for g in param_groups(model, 2e-5, bias_decay=0.0) for p in g["params"]}
+    assert decay_of[id(model[1].bias)] == 2e-5 and decay_of[id(model[3].bias)] == 0.0
+
+
+@pytest.mark.parametrize("key", ["optim.norm_weight_decay", "optim.bias_weight_decay"])
+def test_negative_group_decay_is_refused(key):
+    with pytest.raises(CnnTrainError, match=f"{key} must not be negative, got -0.5"):
+        load_recipe("lenet5", [f"{key}=-0.5"])
 
 
 def test_lamb_step_matches_algorithm_2():
@@ -265,6 +299,18 @@ def test_bad_procedure_keys_are_one_line_errors():
                            (["train.repeated_aug=0"], "train.repeated_aug")):
         with pytest.raises(CnnTrainError, match=fragment):
             load_recipe("lenet5", sets)
+
+
+def test_training_accuracy_under_mixing_says_it_counts_the_dominant_label(tmp_path, capsys):
+    tiny = [*DIGITS, "--data", "synthetic", "--set", "train.iterations=2", "--set", "data.synthetic_train_samples=16",
+            "--set", "data.synthetic_val_samples=8", "--set", "optim.batch_size=8"]
+    for mixing, out in ((["--set", "augment.mixup=0.2"], tmp_path / "mixed"), ([], tmp_path / "plain")):
+        code, stdout, err = run_cli([*tiny, *mixing, "--out", out], capsys)
+        assert code == 0, err
+        (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert (record.get("train_top1_target") == "dominant") == bool(mixing)
+        assert ("train top1 (dominant label)" in stdout) == bool(mixing)
+        assert "train top1" in stdout
 
 
 # --------------------------------------------------------------------------- exact resume

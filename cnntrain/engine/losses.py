@@ -6,12 +6,15 @@ knowledge distillation from cnntrain checkpoints (``train.distill``).
 on the one-hot, or mixed, targets): the mean over samples and classes of
 ``BCEWithLogits(logit, y)``, with smoothing as timm applies it, ``y (1 - eps) + eps / C``.
 
-Distillation follows Hinton et al. 2015 and Bag of Tricks (He et al. 2019 §5.4):
-``loss = task_loss + weight * T^2 * CE(softmax(r / T), softmax(z / T))`` with r the
-teachers' logits and z the student's; with several teachers their softened
-probabilities are averaged (an ensemble distilled into one network). Bag of Tricks uses
-weight 1 and T = 2. Teachers see the same (possibly mixed) batch as the student,
-re-normalised to their own statistics.
+Distillation follows Hinton et al. 2015 and Bag of Tricks (He et al. 2019, knowledge
+distillation in §5): ``loss = task_loss + weight * T^2 * CE(softmax(r / T), softmax(z / T))``
+with r the teachers' logits and z the student's; with several teachers their softened
+probabilities are averaged (an ensemble distilled into one network). Bag of Tricks'
+reference code, GluonCV's train_imagenet.py, defaults to ``--temperature 20`` and
+``--hard-weight 0.5`` with ``DistillationSoftmaxCrossEntropyLoss`` = 0.5 * CE(label) +
+0.5 * T^2 * CE(soft): weight 1 and T = 20 here, up to a factor 2 on the whole loss (the
+paper's own text for T could not be read). Teachers see the same (possibly mixed) batch
+as the student, re-normalised to their own statistics.
 """
 from __future__ import annotations
 
@@ -53,7 +56,10 @@ class Teachers:
         self.models: list[nn.Module] = []
         self.affine: list[tuple[torch.Tensor, torch.Tensor]] = []
         for path in spec["teachers"]:
-            payload = load_checkpoint(path)
+            try:
+                payload = load_checkpoint(path)
+            except CnnTrainError as exc:  # "checkpoint X does not exist" alone hides which key named it
+                raise CnnTrainError(f"train.distill.teachers: {exc}; give cnntrain checkpoints (best.pt)") from None
             meta = payload["meta"]
             theirs = list(meta["classes"]) if isinstance(classes, list) else len(meta["classes"])
             if theirs != classes:

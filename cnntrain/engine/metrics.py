@@ -147,7 +147,9 @@ def epoch_line(record: dict[str, Any], epochs: int, topk: int) -> str:
     """The line printed after each epoch."""
     r = record
     parts = [f"epoch {r['epoch']}/{epochs}", f"step {r['step']}",
-             f"loss {r['train_loss']:.4f}", f"train top1 {r['train_top1']:.2f}%"]
+             f"loss {r['train_loss']:.4f}",
+             f"train top1{' (dominant label)' if r.get('train_top1_target') == 'dominant' else ''} "
+             f"{r['train_top1']:.2f}%"]
     if "val_top1" in r:  # topk: eval.topk clipped to the class count; top-1 is printed once
         parts += [f"val top1 {r['val_top1']:.2f}%"]
         parts += [f"top{topk} {r.get(f'val_top{topk}', 0):.2f}%"] if topk != 1 else []

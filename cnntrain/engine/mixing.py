@@ -14,7 +14,9 @@ differently. The batch is mixed after normalisation (mixing commutes with the af
 normalisation), on whatever device it is on.
 
 The targets come back as class probabilities (N, C); training accuracy is counted
-against each row's dominant label, their arg-max (:func:`dominant`).
+against each row's dominant label, their arg-max (:func:`dominant`), and the run says so:
+the epoch line reads "train top1 (dominant label)" and metrics.jsonl records
+``"train_top1_target": "dominant"`` (:func:`mixes`).
 """
 from __future__ import annotations
 
@@ -29,6 +31,11 @@ def dominant(target: torch.Tensor) -> torch.Tensor:
     return target.argmax(dim=1) if target.ndim == 2 else target
 
 
+def mixes(aug: AugmentSection) -> bool:
+    """Whether the recipe mixes any batch (mixup or CutMix on, and drawn at all)."""
+    return (aug.mixup > 0 or aug.cutmix > 0) and aug.mix_prob > 0
+
+
 class BatchMix:
     """``(images, labels, step, part) -> (images, probabilities)``, or the inputs unchanged
     when neither mixup nor cutmix is on (``enabled`` False) or the batch was not drawn to mix."""
@@ -38,7 +45,7 @@ class BatchMix:
         self.cutmix = T.CutMix(alpha=aug.cutmix, num_classes=num_classes) if aug.cutmix > 0 else None
         self.prob, self.switch = aug.mix_prob, aug.mix_switch_prob
         self.num_classes, self.seed, self.rank = num_classes, seed, rank
-        self.enabled = (self.mixup or self.cutmix) is not None and self.prob > 0
+        self.enabled = mixes(aug)
 
     def draw_seed(self, step: int, part: int) -> int:
         return (((self.seed * 1_000_003 + step) * 1_009 + part) * 1_013 + self.rank) % (2**63)

@@ -7,10 +7,11 @@ state (so resuming restores it exactly). Schedules count in epochs or iterations
 as He et al. did; ``plateau`` divides when validation top-1 stops improving, as
 Krizhevsky et al. and He et al. did on ImageNet.
 
-Weight decay comes in up to three groups: normalisation-layer weights
-(``optim.norm_weight_decay``), biases (``optim.bias_weight_decay``) and the rest
-(``optim.weight_decay``); Bag of Tricks (He et al. 2019 §3.1, "no bias decay") and
-torchvision's 2021 recipe (``norm_weight_decay = 0``) exempt the first two.
+Weight decay comes in up to three groups: every parameter of a normalisation layer,
+gamma and beta alike (``optim.norm_weight_decay``), the biases of all other layers
+(``optim.bias_weight_decay``) and the rest (``optim.weight_decay``); Bag of Tricks
+(He et al. 2019 §3.1, "no bias decay": biases and BN gamma and beta) sets the first two
+to 0, torchvision's 2021 recipe (``--norm-weight-decay 0``) the first.
 LARS and LAMB are in :mod:`~cnntrain.engine.large_batch`.
 
 Fine-tuning (``optim.lr_mult``): parameters are grouped by the longest module-name
@@ -40,15 +41,19 @@ def _prefix_of(name: str, prefixes: list[str]) -> str | None:
 
 
 def _decay_kind(module: nn.Module, name: str) -> str:
-    # a norm layer's bias counts as a bias (Bag of Tricks: "biases and beta and gamma")
-    return "bias" if name == "bias" else "norm" if isinstance(module, NORMS) else "other"
+    # Every parameter of a norm layer (gamma and beta) is "norm", as torchvision's
+    # set_weight_decay files it and FFCV exempts every "bn" parameter: a recipe saying
+    # norm_weight_decay = 0 must leave beta undecayed too. "bias" is other layers' biases.
+    if isinstance(module, NORMS):
+        return "norm"
+    return "bias" if name == "bias" else "other"
 
 
 def param_groups(model: nn.Module, weight_decay: float, norm_decay: float | None = None,
                  bias_decay: float | None = None, lr_mult: dict[str, float] | None = None) -> list[dict]:
     """The trainable parameters in groups by (``lr_mult`` prefix, weight decay): each
     prefix's parameters at its multiplier, the rest at 1x; within each, norm-layer
-    weights, biases and the rest when their decays differ (one group when they agree).
+    parameters, other biases and the rest when their decays differ (one group when they agree).
     A prefix naming no trainable parameter is an error: a typo would otherwise train the
     head at the body's rate unnoticed."""
     decays = {"norm": weight_decay if norm_decay is None else norm_decay,

@@ -14,6 +14,7 @@ top-k counted by :func:`~cnntrain.engine.metrics.topk_hits`, so both agree exact
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,18 +61,26 @@ class Scores:
 
 def load_scores(path: str | Path) -> Scores:
     """A file written by ``eval --save-logits``; a one-line error for anything else."""
+    hint = "write one with `cnntrain eval CKPT --save-logits FILE.npz`"
+    if not Path(path).exists():
+        raise CnnTrainError(f"{path} does not exist; write it with `cnntrain eval CKPT --save-logits {path}`")
+    not_ours = CnnTrainError(f"{path} is not a .npz archive written by eval --save-logits; {hint}")
+    # numpy reads any other file as a pickle and advises allow_pickle=True: a text file
+    # or checkpoint must never get that advice, so only a zip is opened at all
+    if Path(path).is_file() and not zipfile.is_zipfile(path):
+        raise not_ours
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in KEYS if k not in data]
+            if len(missing) == len(KEYS):
+                raise not_ours
             if missing:
-                raise CnnTrainError(f"{path} lacks {', '.join(missing)}; write it with "
-                                    "`cnntrain eval CKPT --save-logits FILE.npz`")
+                raise CnnTrainError(f"{path} lacks {', '.join(missing)}; {hint}")
             arrays = {k: data[k] for k in KEYS}
-    except FileNotFoundError:
-        raise CnnTrainError(f"{path} does not exist; write it with `cnntrain eval CKPT --save-logits {path}`") from None
-    except (OSError, ValueError) as exc:
-        raise CnnTrainError(f"{path} is not a saved-outputs .npz ({exc}); write it with "
-                            "`cnntrain eval CKPT --save-logits FILE.npz`") from None
+    except OSError as exc:
+        raise CnnTrainError(f"{path} cannot be read ({exc.strerror or exc}); {hint}") from None
+    except (ValueError, zipfile.BadZipFile):  # a damaged archive, or one holding pickled objects
+        raise not_ours from None
     return Scores(arrays["logits"].astype(np.float32), arrays["probs"].astype(np.float32),
                   arrays["labels"].astype(np.int64), [str(v) for v in arrays["ids"]],
                   [str(v) for v in arrays["classes"]], source=str(path))

@@ -42,6 +42,7 @@ from cnntrain.engine.device import ahead_to_device, seed_everything
 from cnntrain.engine.evaluate import evaluate
 from cnntrain.engine.guards import EXIT_NONFINITE, Guards, NonFiniteLoss, stopped  # noqa: F401 - re-exported
 from cnntrain.engine.metrics import Meter, RunLog, epoch_line, run_log
+from cnntrain.engine.mixing import mixes
 from cnntrain.engine.optim import LRSchedule
 from cnntrain.engine.options import FitOptions
 from cnntrain.engine.paperline import accuracy_ks
@@ -214,6 +215,8 @@ class Trainer:
               f"({len(d.train)} train / {len(d.val)} val, {d.num_classes} classes), "
               f"{distributed.describe(self.env, self.device, self.model)} {self.parts.precision.describe()}"
               f"{', compiled' if self.fit_step.compiled is not None else ''}, {self._length()} -> {self.out}")
+        if mixes(self.recipe.augment):
+            print("note: mixup/cutmix on: train top1 is counted against each image's dominant label")
         p = self.progress
         if self.opts.resume and (p.step >= self.total_steps or p.epoch >= self.epochs):
             print(f"resume: the run in {self.out} is complete (step {p.step} of {self.total_steps}, epoch {p.epoch} "
@@ -253,6 +256,8 @@ class Trainer:
         meter = collectives.reduce_meter(p.meter, self.env, self.device)  # every process's samples
         record = {"train_loss": meter.loss, "train_top1": meter.accuracy(1), "lr": lr,
                   "images_per_s": seen * self.env.world / max(elapsed, 1e-9), "epoch_time_s": elapsed}
+        if mixes(self.recipe.augment):  # mixed targets: train_top1 counts each row's larger share
+            record["train_top1_target"] = "dominant"
         p.epoch += 1
         p.epoch_step = 0
         last_epoch = p.epoch == self.epochs or p.step >= self.total_steps
