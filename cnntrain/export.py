@@ -28,7 +28,7 @@ from torch import nn
 from cnntrain.engine.checkpoint import build_from_checkpoint, load_checkpoint
 from cnntrain.engine.modelbuild import model_from_recipe
 from cnntrain.engine.step import main_output
-from cnntrain.errors import CnnTrainError
+from cnntrain.errors import CnnTrainError, first_line
 from cnntrain.models.torchvision_names import torchvision_name
 from cnntrain.recipe import Recipe, recipe_from_dict
 
@@ -155,7 +155,7 @@ def export(opts: ExportOptions) -> dict[str, Any]:
         raise CnnTrainError(f"export --format {opts.format} needs {exc.name}: pip install 'cnntrain[onnx]'") from None
     except Exception as exc:  # noqa: BLE001 - the exporter's refusal is the user's answer
         raise CnnTrainError(f"export: {src.meta['arch']} cannot be written as {opts.format} "
-                            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]})") from None
+                            f"({type(exc).__name__}: {first_line(exc)[:300]})") from None
     x = torch.randn(3, *src.example.shape[1:], generator=torch.Generator().manual_seed(1))
     ref = MainOutput(src.model).eval()(x)
     got = runner(x)

@@ -46,13 +46,18 @@ class PaperSection:
     verified: bool = False
     # Which of `reported` each test protocol measured: preset name (`cnntrain eval
     # --protocol list`) -> reported keys, e.g. { "10crop" = ["top1_err", "top5_err"] }.
-    # `eval` prints a number only beside a run of its own protocol. Like `verified`, a
-    # recipe that replaces `reported` without restating this starts with none.
+    # `eval` prints a number only beside a run of its own protocol. Where the paper does
+    # not say how it tested, `unstated = [...]` says so: those numbers are printed beside
+    # the recipe's own evaluation (plain `eval`) only, marked "protocol not stated by the
+    # paper". Like `verified`, a recipe that replaces `reported` without restating this
+    # starts with none.
     eval_protocols: dict[str, list[str]] = field(default_factory=dict)
 
 
 # The presets of cnntrain.data.protocols (which checks that its table matches this list).
-EVAL_PROTOCOLS = ("center", "10crop", "vgg-dense", "vgg-multicrop", "googlenet-144", "resnet-fcn-multiscale")
+EVAL_PROTOCOLS = ("center", "center-flip", "10crop", "vgg-dense", "vgg-multicrop", "googlenet-144",
+                  "resnet-fcn-multiscale")
+UNSTATED = "unstated"  # paper.eval_protocols key for numbers whose paper states no test protocol
 
 
 @dataclass
@@ -190,8 +195,8 @@ class TrainSection:
     # knowledge distillation: {teachers = ["a/best.pt", ...], weight = 1.0, temperature = 1.0}
     distill: dict[str, Any] = field(default_factory=dict)
     # module-name prefixes left untouched by training (their BatchNorm statistics too), or
-    # ["backbone"] for everything but the classifier
-    freeze: list[str] = field(default_factory=list)
+    # ["backbone"] for everything but the classifier; a lone string is a one-item list
+    freeze: list[str] = field(default_factory=list, metadata={"lone_item": True})
     # torch.compile the training model; auto: on for CUDA runs of at least 500 steps
     # (compiling costs a minute or so, which only a longer run wins back)
     compile: str = _choice("auto", "auto", "on", "off")
@@ -339,6 +344,8 @@ def _check_raw(raw: dict[str, Any], origin: str) -> None:
                     f"{origin}: unknown key {dotted}{did_you_mean(sub, fields)}; "
                     f"valid keys of [{key}]: {', '.join(fields)}"
                 )
+            if fields[sub].metadata.get("lone_item") and isinstance(sub_value, str):
+                value[sub] = sub_value = [sub_value]  # freeze = "backbone" means ["backbone"]
             if not _type_ok(sub_value, hints[sub]):
                 raise CnnTrainError(
                     f"{origin}: {dotted} must be {_type_name(hints[sub])}, "
@@ -567,9 +574,10 @@ def check_distill(spec: dict[str, Any], where: str) -> None:
 
 def _check_eval_protocols(paper: PaperSection, where: str) -> None:
     for name, keys in paper.eval_protocols.items():
-        if name not in EVAL_PROTOCOLS:
+        if name not in (*EVAL_PROTOCOLS, UNSTATED):
             raise CnnTrainError(f"{where}: paper.eval_protocols: {name!r} is not a protocol preset"
-                                f"{did_you_mean(name, EVAL_PROTOCOLS)}; presets: {', '.join(EVAL_PROTOCOLS)}")
+                                f"{did_you_mean(name, (*EVAL_PROTOCOLS, UNSTATED))}; presets: "
+                                f"{', '.join(EVAL_PROTOCOLS)}, or {UNSTATED} where the paper states none")
         missing = [k for k in keys if k not in paper.reported]
         if missing:
             raise CnnTrainError(f"{where}: paper.eval_protocols.{name} names {', '.join(missing)}, "

@@ -4,7 +4,10 @@ and the files a run folder is read from.
 A run folder is one that holds ``recipe.toml`` (written by ``fit`` before the first
 step). Its row comes from files only, never from loading a checkpoint:
 
-- recipe, model, dataset, planned length and the paper's error from ``recipe.toml``;
+- recipe, model, planned length and the paper's error from ``recipe.toml``; the data
+  the run read (its kind and class count, which each ``metrics.jsonl`` record holds
+  under ``data``) from the records: the paper's error is shown only where that data is
+  the recipe's own, else a note says why not, and top-K is clipped to its classes;
 - epochs done, best validation top-1 (and the top-K of that epoch) and wall time (the
   sum of ``epoch_time_s``) from ``metrics.jsonl``, where a resumed run's records are
   one history (a re-written epoch keeps its last record);
@@ -28,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cnntrain.engine.paperline import accuracy_ks, data_note
 from cnntrain.engine.runstate import MARKER
 from cnntrain.errors import CnnTrainError
 from cnntrain.plots import curves_chart
@@ -86,6 +90,7 @@ class RunRow:
     paper: dict[str, float]
     wall_s: float
     state: str
+    paper_note: str | None = None  # why the paper's numbers are left out (the run's data is not the recipe's)
 
 
 def _planned_epochs(recipe: Recipe, records: list[dict[str, Any]]) -> int | None:
@@ -97,10 +102,23 @@ def _planned_epochs(recipe: Recipe, records: list[dict[str, Any]]) -> int | None
     return min(limits) if limits else None
 
 
+def _data_view(recipe: Recipe, records: list[dict[str, Any]]) -> tuple[str, int, dict[str, float], str | None]:
+    """(the data the run read, the top-K it measured, the paper's numbers, why they are
+    left out) from the data its records name; a run logged before they named it keeps the
+    recipe's dataset, K and numbers."""
+    data = next((r["data"] for r in reversed(records) if isinstance(r.get("data"), dict)), None)
+    if data is None:
+        return recipe.data.dataset, recipe.eval.topk, dict(recipe.paper.reported), None
+    kind, classes = str(data["kind"]), int(data["classes"])
+    (*_, k), _ = accuracy_ks(recipe.eval.topk, classes)
+    note = data_note(recipe, kind, classes) if recipe.paper.reported else None
+    return kind, k, ({} if note else dict(recipe.paper.reported)), note
+
+
 def read_run(run_dir: Path, root: Path) -> RunRow:
     recipe = load_recipe(str(run_dir / "recipe.toml"))
     records = read_metrics(run_dir)
-    k = recipe.eval.topk
+    dataset, k, paper, paper_note = _data_view(recipe, records)
     planned = _planned_epochs(recipe, records)
     done = records[-1]["epoch"] if records else 0
     validated = [r for r in records if isinstance(r.get("val_top1"), (int, float))]
@@ -110,9 +128,9 @@ def read_run(run_dir: Path, root: Path) -> RunRow:
     else:
         state = "finished" if planned is not None and done >= planned else "interrupted"
     name = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
-    return RunRow(name, recipe.name, recipe.model.arch, recipe.data.dataset, done, planned,
+    return RunRow(name, recipe.name, recipe.model.arch, dataset, done, planned,
                   best["val_top1"] if best else None, best.get(f"val_top{k}") if best else None, k,
-                  dict(recipe.paper.reported), sum(float(r.get("epoch_time_s", 0.0)) for r in records), state)
+                  paper, sum(float(r.get("epoch_time_s", 0.0)) for r in records), state, paper_note)
 
 
 def find_runs(root: Path) -> list[RunRow]:
@@ -166,20 +184,22 @@ def format_runs(table: dict[str, Any]) -> str:
     head = ("run", "recipe", "model", "dataset", "epochs", "best top1", "top-K", "paper error", "wall", "state")
     body = []
     for r in rows:
-        paper = ", ".join(f"{k.replace('_err', '')} {v:g}%" for k, v in r["paper"].items()) or "-"
+        paper = ", ".join(f"{k.replace('_err', '')} {v:g}%" for k, v in r["paper"].items()) or (
+            "left out (other data)" if r.get("paper_note") else "-")
         body.append((r["run"], r["recipe"], r["model"], r["dataset"],
                      f"{r['epochs_done']}/{r['epochs_planned'] if r['epochs_planned'] is not None else '?'}",
-                     _pct(r["best_top1"]), f"top{r['topk']} {_pct(r['best_topk'])}", paper, _wall(r["wall_s"]),
+                     _pct(r["best_top1"]), f"top{r['topk']} {_pct(r['best_topk'])}" if r["topk"] != 1 else "-", paper, _wall(r["wall_s"]),
                      r["state"]))
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip() for x in [head, *body]]
+    lines += [f"{r['run']}: {r['paper_note']}" for r in rows if r.get("paper_note")]
     for g in table["seed_groups"]:
         def spread(key: str) -> str:
             mean, std = g[f"{key}_mean"], g[f"{key}_std"]
             return "-" if mean is None else f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
         lines.append(f"seeds of {g['recipe']} in {g['group']} (n={g['runs']}: {','.join(map(str, g['seeds']))}): "
-                     f"best top1 {spread('best_top1')}%, top{g['topk']} {spread('best_topk')}% "
-                     "(mean ± sample std)")
+                     f"best top1 {spread('best_top1')}%"
+                     + (f", top{g['topk']} {spread('best_topk')}%" if g["topk"] != 1 else "") + " (mean ± sample std)")
     return "\n".join(lines)
 
 

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cnntrain.errors import CnnTrainError
+from cnntrain.errors import CnnTrainError, first_line
 from cnntrain.models import build_model, check_model_name, model_info
 
 # --------------------------------------------------------------------------- worked examples
@@ -419,4 +419,4 @@ def summarize_model(name: str, input_size: tuple[int, int, int] | None = None, d
         return summarize(build(), size, depth, name)
     except RuntimeError as exc:
         raise CnnTrainError(f"{name} does not run on a {'x'.join(map(str, size))} input: "
-                            f"{str(exc).splitlines()[0]}") from None
+                            f"{first_line(exc)}") from None

@@ -310,3 +310,19 @@ def test_save_logits_on_synthetic_data_names_samples_by_position(tmp_path, capsy
     code, _, err = run_cli(["eval", out / "best.pt", "--save-logits", npz, "--workers", "0"], capsys)
     assert code == 0, err
     assert [str(v) for v in np.load(npz)["ids"]] == [f"val[{i}]" for i in range(4)]
+
+
+def test_ensemble_prints_each_topk_once_and_clips_k(seeds, tmp_path, capsys):
+    pair = [seeds / "seed0/best.pt", seeds / "seed1/best.pt"]
+    npz = [tmp_path / "a.npz", tmp_path / "b.npz"]
+    for ckpt, path in zip(pair, npz):
+        assert run_cli(["eval", ckpt, "--save-logits", path], capsys)[0] == 0
+    for members in (pair, ["--logits", *npz]):
+        code, out, err = run_cli(["ensemble", *members, "--topk", "1"], capsys)
+        assert code == 0, err
+        lines = [line for line in out.splitlines() if line.startswith(("member", "ensemble"))]
+        assert len(lines) == 3 and all(line.count("top1 ") == 1 for line in lines), out
+        code, out, err = run_cli(["ensemble", *members, "--topk", "20", "--json", tmp_path / "e.json"], capsys)
+        assert code == 0, err
+        assert "top20" not in out and "top10 " in out and "top-20 clipped to top-10: the model has 10 classes" in out
+        assert "top10" in json.loads((tmp_path / "e.json").read_text())

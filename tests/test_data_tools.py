@@ -99,6 +99,14 @@ def test_imagenet_val_from_the_solution_csv_and_the_devkit(tmp_path, capsys):
                              tmp_path / "by-csv"], capsys)
     assert code == 0 and "4 already there" in text
 
+    (tmp_path / "img.jpg").write_bytes(bytes(range(256)) * 4)  # a binary file: no traceback
+    code, _, err = run_cli(["data", "imagenet-val", tmp_path / "flat", "--labels", tmp_path / "img.jpg"], capsys)
+    assert code == 2 and "neither LOC_val_solution.csv" in err and "Traceback" not in err
+    (tmp_path / "elsewhere").mkdir()  # the wrong folder: nothing to link is an error, not "0 linked"
+    (tmp_path / "elsewhere/photo.JPEG").write_bytes(b"x")
+    code, _, err = run_cli(["data", "imagenet-val", tmp_path / "elsewhere", "--labels", csv_file], capsys)
+    assert code == 2 and f"no labelled image found in {tmp_path / 'elsewhere'}" in err
+    assert "is this the flat ILSVRC2012_val_*.JPEG folder?" in err and not (tmp_path / "elsewhere/n01440764").exists()
     (tmp_path / "bad.txt").write_text("hello\n")
     code, _, err = run_cli(["data", "imagenet-val", tmp_path / "flat", "--labels", tmp_path / "bad.txt"], capsys)
     assert code == 2 and "neither LOC_val_solution.csv" in err

@@ -59,6 +59,24 @@ def test_init_from_another_architecture_names_both(tmp_path, capsys):
     assert "its weights are resnet20's, not lenet5's (only 0 of 10 tensors match" in err
 
 
+@pytest.mark.parametrize("content", [b"", b"fc.weight = 1\nnot a weights file\n"])
+def test_init_from_an_empty_or_text_file_is_one_line(tmp_path, capsys, content):
+    """An empty or junk file is damaged, not unsafe: one line, no traceback."""
+    (tmp_path / "w.pth").write_bytes(content)
+    code, _, err = run_cli(["fit", "--recipe", "lenet5", "--out", tmp_path / "a", "--init",
+                            tmp_path / "w.pth", *FAST], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"--init {tmp_path / 'w.pth'}: not a torch.save file (nor .safetensors)" in err
+    assert "refused" not in err
+
+
+def test_first_line_of_an_empty_message():
+    from cnntrain.errors import first_line
+
+    assert first_line(EOFError()) == "EOFError"
+    assert first_line(RuntimeError("\n  first <_io.BytesIO object at 0x7f00>\nsecond")) == "first"
+
+
 def test_torchvision_weights_from_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     cached = tmp_path / "hub/checkpoints/resnet18-f37072fd.pth"  # IMAGENET1K_V1's file name

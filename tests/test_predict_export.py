@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import onnx  # the test extra installs it: the ONNX check must not skip silently
 import pytest
 import safetensors
 import torch
@@ -35,6 +36,14 @@ class _Quiet:
 
     def readouterr(self):
         return type("Out", (), {"out": "", "err": ""})()
+
+
+def test_predict_says_when_topk_exceeds_the_classes(tmp_path, lenet_run, capsys):
+    ckpt, root = lenet_run  # three classes
+    code, out, err = run_cli(["predict", ckpt, root / "val/cat", "--topk", "5", "--json", tmp_path / "p.json"], capsys)
+    assert code == 0, err
+    assert "top-5 clipped to top-3: the model has 3 classes" in out  # eval's words
+    assert json.loads((tmp_path / "p.json").read_text())["topk"] == 3
 
 
 def test_predict_top1_equals_eval_and_reports_unreadable_files(tmp_path, lenet_run, capsys):
@@ -86,7 +95,6 @@ def test_export_round_trips(tmp_path, lenet_run, capsys, fmt, suffix):
         assert meta["arch"] == "lenet5" and json.loads(meta["classes"]) == ["cat", "dog", "fox"]
         assert meta["input_size"] == "32" and len(json.loads(meta["mean"])) == 3 and meta["recipe"] == "lenet5"
     if fmt == "onnx":
-        onnx = pytest.importorskip("onnx")  # in the test extra; a bare GPU box may lack it
         model = onnx.load(str(out))
         assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
         assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch

@@ -70,7 +70,7 @@ def test_googlenet_144_at_the_papers_sizes():
     assert protocol_scales(get_protocol("googlenet-144"), load_recipe("googlenet"))[0] == [256, 288, 320, 352]
 
 
-@pytest.mark.parametrize("name, views", [("center", 1), ("10crop", 10), ("vgg-multicrop", 50)])
+@pytest.mark.parametrize("name, views", [("center", 1), ("center-flip", 2), ("10crop", 10), ("vgg-multicrop", 50)])
 def test_crop_presets_count_their_views(name, views):
     stack = _views(name, "resnet20", (40, 48), scales=[40])
     stack = stack if stack.ndim == 4 else stack[None]
@@ -267,3 +267,84 @@ def test_dense_protocol_runs_on_cuda(lenet_run, capsys):
     code, out, err = run_cli(["eval", lenet_run / "best.pt", "--protocol", "resnet-fcn-multiscale", *FAST], capsys)
     assert code == 0, err
     assert gpu.split()[:2] == out.splitlines()[1].split()[:2]  # same top-1 on 12 images
+
+
+def test_fit_and_runs_clip_topk_and_leave_out_the_paper_on_other_data(tmp_path, capsys):
+    """A 2-class run of the digits recipe: no top-5 in its epoch line, metrics.jsonl or
+    `runs`, and `runs` leaves the paper's (10-class digits) number out, saying why."""
+    out = tmp_path / "runs/two"
+    code, text, err = run_cli(["fit", "--recipe", "lenet5", "--out", out, "--no-progress", *FAST, *SMALL,
+                               "--set", "data.num_classes=2", "--set", "train.iterations=1"], capsys)
+    assert code == 0, err
+    assert "note: top-5 clipped to top-2: the model has 2 classes" in text
+    (epoch_line,) = [line for line in text.splitlines() if line.startswith("epoch 1/1")]
+    assert "top2 " in epoch_line and "top5" not in epoch_line
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "val_top2" in record and "val_top5" not in record
+    assert record["data"] == {"kind": "synthetic", "classes": 2}
+    own = tmp_path / "runs/own"  # a run on the recipe's own data keeps the paper's number
+    own.mkdir()
+    (own / "recipe.toml").write_text(load_recipe("lenet5").to_toml())
+    (own / "metrics.jsonl").write_text(json.dumps({**record, "data": {"kind": "digits", "classes": 10}}) + "\n")
+    code, text, err = run_cli(["runs", tmp_path / "runs", "--json"], capsys)
+    rows = {r["run"]: r for r in json.loads(text)["runs"]}
+    assert (rows["two"]["topk"], rows["two"]["paper"], rows["own"]["paper"]) == (2, {}, {"top1_err": 0.95})
+    assert (rows["two"]["dataset"], rows["own"]["dataset"]) == ("synthetic", "digits")  # what the run read
+    assert "this data is synthetic with 2 classes" in rows["two"]["paper_note"] and rows["own"]["paper_note"] is None
+    code, text, err = run_cli(["runs", tmp_path / "runs"], capsys)
+    (line,) = [row for row in text.splitlines() if row.startswith("two ")]
+    assert code == 0 and "left out (other data)" in line and "top2 " in line and "top5" not in line
+    assert "two: paper's numbers left out: they are for digits (10 classes)" in text
+
+
+def test_epoch_line_prints_top1_once():
+    from cnntrain.engine.metrics import epoch_line
+
+    record = {"epoch": 1, "step": 2, "train_loss": 1.0, "train_top1": 50.0, "val_top1": 60.0, "lr": 0.1,
+              "images_per_s": 10.0}
+    assert epoch_line(record, 1, 1).count("top1 ") == 2  # train top1, val top1: no repeated top-K
+    assert "top3 0.00%" in epoch_line(record, 1, 3)
+
+
+def test_presets_crop_at_the_recipes_eval_size():
+    """Train low, test high (tv-v2: trained at 176, tested at 224 of 232): the presets use
+    the test crop, as plain eval does."""
+    r = load_recipe("resnet50-tv-v2")
+    assert protocol_scales(get_protocol("center"), r)[0] == [232]
+    assert protocol_scales(get_protocol("resnet-fcn-multiscale"), r)[0] == [224, 256, 384, 480, 640]
+
+
+def test_every_reported_number_names_its_protocol_or_says_it_is_unstated():
+    """Without a mapping, eval would lay a paper's number beside any protocol."""
+    from cnntrain.recipe import EVAL_PROTOCOLS, UNSTATED, recipe_names
+
+    for name in recipe_names():
+        paper = load_recipe(name).paper
+        if paper.reported:
+            assert paper.eval_protocols, f"{name}: paper.reported without paper.eval_protocols"
+            assert set(paper.eval_protocols) <= {*EVAL_PROTOCOLS, UNSTATED}, name
+
+
+def test_unstated_protocol_is_printed_beside_the_recipes_own_eval_only():
+    r = load_recipe("squeezenet1.0")
+    assert r.paper.eval_protocols == {"unstated": ["top1_err", "top5_err"]}
+    bundle = DataBundle("folder", "/x", None, [], [f"c{i}" for i in range(1000)], 3, (0,) * 3, (1,) * 3)
+    (line,) = paper_lines(r, bundle, "center", "1-crop", own_view=True)
+    assert line.startswith("paper, protocol not stated by the paper") and "top1 error 42.5%" in line
+    (line,) = paper_lines(r, bundle, "googlenet-144", "googlenet-144", own_view=False)
+    assert line.startswith("paper's numbers left out") and "plain `eval`" in line
+    (line,) = paper_lines(r, bundle, "10crop", "10-crop", own_view=False)  # eval --crops 10: not the recipe's own
+    assert line.startswith("paper's numbers left out")
+
+
+def test_plain_eval_of_a_flip_recipe_is_the_center_flip_preset():
+    from cnntrain.engine.evaluate import preset_of, protocol_name
+
+    assert preset_of(1, [], flip=True) == "center-flip" and preset_of(1, []) == "center"
+    assert protocol_name(1, [], flip=True) == "1-crop and its mirror"
+    r = load_recipe("resnet50-ffcv-16ep")
+    bundle = DataBundle("folder", "/x", None, [], [f"c{i}" for i in range(1000)], 3, (0,) * 3, (1,) * 3)
+    (line,) = paper_lines(r, bundle, "center-flip", "1-crop and its mirror", own_view=True)
+    assert line.startswith("paper, center-flip") and "top1 error 26.2%" in line
+    (line,) = paper_lines(r, bundle, "center", "1-crop")
+    assert line.startswith("paper's numbers left out") and "--protocol center-flip" in line

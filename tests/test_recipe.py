@@ -105,3 +105,13 @@ def test_recipe_is_never_executed(tmp_path: Path):
     with pytest.raises(CnnTrainError, match="unknown model"):
         load_recipe(str(evil))
     assert not (tmp_path / "pwned").exists()
+
+
+def test_freeze_takes_a_lone_string_as_a_one_item_list(tmp_path: Path):
+    path = tmp_path / "ft.toml"
+    path.write_text('base = "finetune-resnet18"\n[train]\nfreeze = "backbone"\n')
+    assert load_recipe(str(path)).train.freeze == ["backbone"]
+    assert load_recipe("finetune-resnet18", ["train.freeze=layer1"]).train.freeze == ["layer1"]
+    assert recipe_from_dict(load_recipe(str(path)).to_dict()).train.freeze == ["backbone"]
+    with pytest.raises(CnnTrainError, match="train.freeze must be list"):
+        load_recipe("finetune-resnet18", ["train.freeze=3"])

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from cnntrain.data import fastjpeg, inflight
 from cnntrain.data.imagenet_val import flat_samples
 from cnntrain.data.sampler import sample_key
 from cnntrain.data.transforms import scaled_box
-from cnntrain.errors import CnnTrainError
+from cnntrain.errors import CnnTrainError, first_line
 
 _NATIVE = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"RIFF")
 
@@ -44,8 +43,8 @@ _NATIVE = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"RIFF")
 def skip_reason(exc: BaseException) -> str:
     """Why a file was skipped, in one line: the error's type and first line, without the
     object addresses decoders put in it (``<_io.BytesIO object at 0x7f...>``)."""
-    text = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc)).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
+    line = first_line(exc)
+    return f"{type(exc).__name__}: {'no message' if line == type(exc).__name__ else line}"
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,15 @@ def read_labels(path: str | os.PathLike) -> dict[str, str]:
     if not path.is_file():
         raise CnnTrainError(f"--labels {path}: no such file; give LOC_val_solution.csv or the devkit's "
                             f"data/{GROUND_TRUTH}")
-    with open(path, newline="") as fh:
-        first = fh.readline()
-    if first.lower().startswith("imageid"):
-        return _read_solution_csv(path)
-    if first.strip().isdigit():
-        return _read_ground_truth(path)
+    with open(path, "rb") as fh:
+        first = fh.readline().decode("utf-8", errors="replace")  # a binary file is "neither", not a traceback
+    try:
+        if first.lower().startswith("imageid"):
+            return _read_solution_csv(path)
+        if first.strip().isdigit():
+            return _read_ground_truth(path)
+    except (UnicodeDecodeError, ValueError):  # text at first, then bytes or words that are no label
+        pass
     raise CnnTrainError(f"--labels {path}: neither LOC_val_solution.csv (a header 'ImageId,PredictionString') "
                         f"nor the devkit's {GROUND_TRUTH} (one class number a line)")
 
@@ -99,6 +102,9 @@ class Arranged:
 def arrange(val_dir: Path, labels_file: str, out: Path) -> Arranged:
     """Hard-link every labelled image of the flat ``val_dir`` into ``out/WNID/``."""
     labels, images = read_labels(labels_file), _flat_images(val_dir)
+    if not set(labels) & set(images):  # a wrong folder: linking nothing is no success
+        raise CnnTrainError(f"no labelled image found in {val_dir} (its {len(images)} files match none of the "
+                            f"{len(labels)} names in {labels_file}); is this the flat ILSVRC2012_val_*.JPEG folder?")
     result = Arranged(missing=sorted(set(labels) - set(images)), unlabelled=sorted(set(images) - set(labels)))
     for stem, wnid in sorted(labels.items()):
         if stem not in images:

@@ -5,13 +5,15 @@ views, dense evaluation) is :mod:`cnntrain.engine.protocols`.
 | preset | paper | views per image |
 | --- | --- | --- |
 | ``center`` | the single-crop test (e.g. SENet Table 2, ResNeXt Sect. 5.1) | 1 |
+| ``center-flip`` | FFCV's ImageNet example (``validation.lr_tta``): the crop and its mirror | 2 |
 | ``10crop`` | Krizhevsky et al. 2012 Sect. 4.1; He et al. 2016 Sect. 3.4 / Table 3 | 10 |
 | ``vgg-dense`` | Simonyan & Zisserman 2015 Sect. 3.2 (dense), Q per Sect. 4.2 | 2 per scale |
 | ``vgg-multicrop`` | Simonyan & Zisserman 2015 Sect. 3.2: 5x5 grid x 2 flips | 50 per scale |
 | ``googlenet-144`` | Szegedy et al. 2015 Sect. 7: 4 scales x 3 squares x 6 crops x 2 | 144 |
 | ``resnet-fcn-multiscale`` | He et al. 2016 Sect. 3.4: fully convolutional, 5 scales | 5 |
 
-Scales. ``center``, ``10crop``: the recipe's ``data.eval_resize``. VGG's Q are the
+Crops are ``data.eval_size`` (the recipe's test crop; ``data.train_size`` when unset).
+Scales. ``center``, ``center-flip``, ``10crop``: the recipe's ``data.eval_resize``. VGG's Q are the
 recipe's ``eval.scales`` (the VGG recipes hold Sect. 4.2's Q: {S-32, S, S+32} for a fixed
 training S, {256, 384, 512} for S in [256, 512]), else ``data.eval_resize``. GoogLeNet's
 256/288/320/352 and ResNet's 224/256/384/480/640 are the papers' sides for a 224 crop: a
@@ -57,6 +59,9 @@ class Protocol:
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("center", "single-crop test (e.g. Hu et al. 2018 Table 2; Xie et al. 2017 Sect. 5.1)",
              "one centre crop of the image resized to data.eval_resize", "center", False, "resize"),
+    Protocol("center-flip", "FFCV ImageNet example (ffcv-imagenet train_imagenet.py, validation.lr_tta)",
+             "the centre crop at data.eval_resize and its mirror; softmax averaged (FFCV sums the logits)",
+             "center", True, "resize"),
     Protocol("10crop", "Krizhevsky et al. 2012 Sect. 4.1; He et al. 2016 Table 3",
              "four corner and the centre crops and their mirrors, at data.eval_resize", "ten", True, "resize"),
     Protocol("vgg-dense", "Simonyan & Zisserman 2015 Sect. 3.2 (Q: Sect. 4.2)",
@@ -84,7 +89,7 @@ def get_protocol(name: str) -> Protocol:
 
 def protocol_scales(protocol: Protocol, recipe: Recipe, override: list[int] | None = None) -> tuple[list[int], str]:
     """The shorter sides this protocol uses for ``recipe``, and how they were chosen."""
-    size = recipe.data.train_size
+    size = recipe.data.eval_size or recipe.data.train_size
     resize = max(recipe.data.eval_resize or size, size)
     if override:
         return [max(s, size) for s in override], "from --scales"

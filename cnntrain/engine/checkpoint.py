@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from cnntrain.engine.modelbuild import model_from_recipe
-from cnntrain.errors import CnnTrainError
+from cnntrain.errors import CnnTrainError, first_line
 from cnntrain.recipe import recipe_from_dict
 
 FORMAT = "cnntrain-checkpoint-1"
@@ -95,7 +95,7 @@ def save_atomic(payload: dict[str, Any], path: str | os.PathLike,
             pass
         # torch.save reports a failed write (ENOSPC, EIO) as a RuntimeError of its zip writer.
         if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "writ" in str(exc)):
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
             raise CnnTrainError(
                 f"could not write checkpoint {path}: {reason}; the previous checkpoint is intact. "
                 "Free disk space or choose another --out, then --resume auto"
@@ -125,9 +125,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CnnTrainError(f"checkpoint {path} does not exist")
     verify(path)
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or its legacy pickle
+    if not torch_saved(path):
         raise CnnTrainError(f"{path} is not a cnntrain checkpoint (not a file torch.save wrote); "
                             "give a best.pt or last.pt")
     try:
@@ -135,18 +133,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except pickle.UnpicklingError as exc:
         raise CnnTrainError(
             f"checkpoint {path} was refused: it holds something other than tensors and plain "
-            f"values, which could run code on load ({str(exc).splitlines()[0]})"
+            f"values, which could run code on load ({first_line(exc)})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as exc:
         # A file that is no zip archive at all (a TOML file, a text file) fails deep in the
         # legacy pickle reader, with an IndexError or KeyError.
         raise CnnTrainError(
-            f"checkpoint {path} is truncated or damaged ({str(exc).splitlines()[0]}); "
+            f"checkpoint {path} is truncated or damaged ({first_line(exc)}); "
             "use another checkpoint (last.pt or best.pt)"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CnnTrainError(f"{path} is not a cnntrain checkpoint")
     return payload
+
+
+def torch_saved(path: Path) -> bool:
+    """Whether ``path`` starts like a file torch.save wrote: its zip archive, or its
+    legacy pickle. Anything else (a text file, an empty file) fails deep inside
+    torch.load with a misleading message, or none at all."""
+    with open(path, "rb") as fh:
+        return fh.read(4).startswith((b"PK\x03\x04", b"\x80"))
 
 
 def verify(path: Path) -> None:
@@ -201,6 +207,6 @@ def build_from_checkpoint(payload: dict[str, Any], source: str) -> nn.Module:
     except RuntimeError as exc:
         raise CnnTrainError(
             f"{source}: its weights do not fit {meta['arch']} with {len(meta['classes'])} classes "
-            f"({str(exc).splitlines()[0]})"
+            f"({first_line(exc)})"
         ) from None
     return model

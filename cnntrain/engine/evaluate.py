@@ -126,17 +126,22 @@ def _check_classes(path: str, meta: dict, data: DataBundle) -> None:
         )
 
 
-def protocol_name(crops: int, scales: list[int] | None) -> str:
-    """How this run measured: e.g. "10-crop", "1-crop at scales 256/384/512"."""
+def protocol_name(crops: int, scales: list[int] | None, flip: bool = False) -> str:
+    """How this run measured: e.g. "10-crop", "1-crop at scales 256/384/512", "1-crop
+    and its mirror" (eval.flip)."""
+    mirror = " and its mirror" if flip and crops == 1 else ""
     if scales:
-        return f"{crops}-crop at scales {'/'.join(map(str, scales))}"
-    return f"{crops}-crop"
+        return f"{crops}-crop{mirror} at scales {'/'.join(map(str, scales))}"
+    return f"{crops}-crop{mirror}"
 
 
-def preset_of(crops: int, scales: list[int] | None) -> str | None:
-    """The protocol preset a --crops/--scales run is (see cnntrain.data.protocols), if any."""
+def preset_of(crops: int, scales: list[int] | None, flip: bool = False) -> str | None:
+    """The protocol preset a --crops/--scales run is (see cnntrain.data.protocols), if any;
+    ``flip``: eval.flip, the mirrored view averaged in (one crop only)."""
     if scales:
         return None
+    if crops == 1 and flip:
+        return "center-flip"
     return {1: "center", 10: "10crop"}.get(crops)
 
 
@@ -204,16 +209,18 @@ def eval_checkpoint(opts: EvalOptions) -> dict[str, Any]:
     bundle = build_data(recipe, opts.data if opts.data is not None else recorded(meta.get("data")), train=False,
                         crops=crops, split=split, scales=scales)
     m = measure(opts, env, dev, member, bundle, opts.batch_size or recipe.eval.batch_size or recipe.optim.batch_size)
-    views = crops * max(1, len(scales))
+    flip = recipe.eval.flip and crops == 1  # 10 crops hold the mirrors already
+    views = crops * max(1, len(scales)) * (2 if flip else 1)
     distinct = distinct_views(bundle.val) if env.is_main and views > 1 else None
-    m.result.update(crops=crops, scales=scales, protocol=protocol_name(crops, scales), views=views,
-                    distinct_views=distinct)
-    measured = protocol_name(crops, scales)
+    measured = protocol_name(crops, scales, flip)
+    m.result.update(crops=crops, scales=scales, protocol=measured, views=views, distinct_views=distinct)
     if distinct is not None and distinct < views:
         measured += f" ({distinct} distinct views: the crops coincide at this image size)"
     print(f"{path}  {meta['arch']}  {split}  {m.result['samples']} images  {measured}  "
           f"{accuracy_text(m.result, m.ks)}  loss {m.result['loss']:.4f}")
-    return finish(m, opts, bundle, member, paper_lines(recipe, bundle, preset_of(crops, scales), measured))
+    own_view = crops == recipe.eval.crops and scales == list(recipe.eval.scales)  # the recipe's own evaluation
+    return finish(m, opts, bundle, member, paper_lines(recipe, bundle, preset_of(crops, scales, flip),
+                                                       measured, own_view=own_view))
 
 
 def ensemble_checkpoints(opts: EnsembleOptions) -> dict[str, Any]:
@@ -242,20 +249,22 @@ def ensemble_checkpoints(opts: EnsembleOptions) -> dict[str, Any]:
     # Each member's inputs in its own memory format; autocast as the first member's recipe says.
     preps = [BatchPrep(tuple(m["mean"]), tuple(m["std"]), dev, p.channels_last) for _, m, _, p in members]
     sink = Collector() if opts.report else None
-    meters, skipped = evaluate([m for m, _, _, _ in members], loader, preps, dev, precision, (1, topk),
+    ks, k_note = accuracy_ks(topk, bundle.num_classes)  # each top-K once, K at most the classes
+    meters, skipped = evaluate([m for m, _, _, _ in members], loader, preps, dev, precision, ks,
                                combine=combine, progress=opts.progress, sink=sink)
     results = []
     for path, (_, meta, _, _), meter in zip(paths, members, meters):
         r = meter.result()
         r.update(checkpoint=str(path), arch=meta["arch"])
         results.append(r)
-        print(f"member   {path}  {meta['arch']}  top1 {r['top1']:.2f}%  top{topk} {r[f'top{topk}']:.2f}%  "
-              f"loss {r['loss']:.4f}")
+        print(f"member   {path}  {meta['arch']}  {accuracy_text(r, ks)}  loss {r['loss']:.4f}")
     ens = meters[-1].result()
-    print(f"ensemble of {len(paths)} ({combine} average)  top1 {ens['top1']:.2f}%  "
-          f"top{topk} {ens[f'top{topk}']:.2f}%  loss {ens['loss']:.4f}  on {ens['samples']} images")
+    print(f"ensemble of {len(paths)} ({combine} average)  {accuracy_text(ens, ks)}  loss {ens['loss']:.4f}  "
+          f"on {ens['samples']} images")
+    if k_note:
+        print(k_note)
     out = {**ens, "combine": combine, "members": results}
     if sink is not None:
         out.update(eval_outputs(sink, opts, bundle.val, skipped, [(p, m, r) for p, (_, m, r, _) in zip(paths, members)],
-                                out, topk))
+                                out, ks[-1]))
     return out

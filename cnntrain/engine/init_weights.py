@@ -26,8 +26,8 @@ import torch
 import torchvision
 from torch import nn
 
-from cnntrain.engine.checkpoint import FORMAT
-from cnntrain.errors import CnnTrainError
+from cnntrain.engine.checkpoint import FORMAT, torch_saved
+from cnntrain.errors import CnnTrainError, first_line
 from cnntrain.models import build_model, list_models, model_info
 from cnntrain.models.torchvision_names import torchvision_name
 
@@ -62,13 +62,16 @@ def read_weights(spec: str, arch: str) -> tuple[dict[str, torch.Tensor], str | N
 
 
 def _torch_load(path: Path):
+    if not torch_saved(path):
+        raise CnnTrainError(f"--init {path}: not a torch.save file (nor .safetensors); give a .pth/.pt state dict, "
+                            "a cnntrain checkpoint or a .safetensors file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CnnTrainError(f"--init {path} was refused: it holds more than tensors and plain values, "
-                            f"which could run code on load ({str(exc).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CnnTrainError(f"--init {path}: not a readable weights file ({str(exc).splitlines()[0]})") from None
+                            f"which could run code on load ({first_line(exc)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as exc:
+        raise CnnTrainError(f"--init {path}: not a readable weights file ({first_line(exc)})") from None
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:

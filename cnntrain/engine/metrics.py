@@ -150,8 +150,9 @@ def epoch_line(record: dict[str, Any], epochs: int, topk: int) -> str:
              f"loss {r['train_loss']:.4f}",
              f"train top1{' (dominant label)' if r.get('train_top1_target') == 'dominant' else ''} "
              f"{r['train_top1']:.2f}%"]
-    if "val_top1" in r:
-        parts += [f"val top1 {r['val_top1']:.2f}%", f"top{topk} {r.get(f'val_top{topk}', 0):.2f}%"]
+    if "val_top1" in r:  # topk: eval.topk clipped to the class count; top-1 is printed once
+        parts += [f"val top1 {r['val_top1']:.2f}%"]
+        parts += [f"top{topk} {r.get(f'val_top{topk}', 0):.2f}%"] if topk != 1 else []
     parts += [f"lr {r['lr']:.4g}", f"{r['images_per_s']:.0f} img/s"]
     if r.get("skipped"):
         parts.append(f"skipped {r['skipped']} unreadable")

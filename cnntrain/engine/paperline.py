@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from cnntrain.data import DEFAULT_CLASSES, DataBundle
 from cnntrain.data.folder import Skipped
 from cnntrain.data.protocols import WholeImage
-from cnntrain.recipe import Recipe
+from cnntrain.recipe import UNSTATED, Recipe
 
 
 def accuracy_ks(k: int, num_classes: int) -> tuple[tuple[int, ...], str | None]:
@@ -30,23 +30,34 @@ def accuracy_text(result: dict[str, Any], ks: tuple[int, ...]) -> str:
 
 def own_data_note(recipe: Recipe, bundle: DataBundle) -> str | None:
     """None when ``bundle`` is the recipe's dataset with its class count, else why not."""
+    return data_note(recipe, bundle.kind, bundle.num_classes)
+
+
+def data_note(recipe: Recipe, kind: str, num_classes: int) -> str | None:
+    """:func:`own_data_note` for data known by its kind and class count (what a run's
+    metrics.jsonl records, for ``cnntrain runs``). The paper's class count is its
+    dataset's (10 digits, 1,000 ImageNet classes), not a ``data.num_classes`` a run set:
+    a 2-class run of the digits recipe is not the paper's 10-class task."""
     dataset = recipe.data.dataset
-    classes = recipe.data.num_classes or DEFAULT_CLASSES[dataset]
-    same = bundle.kind == dataset or (bundle.kind == "folder" and dataset == "imagenet")
-    if same and bundle.num_classes == classes:
+    classes = DEFAULT_CLASSES[dataset]
+    same = kind == dataset or (kind == "folder" and dataset == "imagenet")
+    if same and num_classes == classes:
         return None
-    what = "an image folder" if bundle.kind == "folder" else bundle.kind
+    what = "an image folder" if kind == "folder" else kind
     return (f"paper's numbers left out: they are for {dataset} ({classes} classes); "
-            f"this data is {what} with {bundle.num_classes} classes")
+            f"this data is {what} with {num_classes} classes")
 
 
 def _errors(numbers: dict[str, float]) -> str:
     return ", ".join(f"{k.replace('_err', ' error')} {v:g}%" for k, v in numbers.items())
 
 
-def paper_lines(recipe: Recipe, bundle: DataBundle, protocol: str | None, measured: str) -> list[str]:
+def paper_lines(recipe: Recipe, bundle: DataBundle, protocol: str | None, measured: str,
+                own_view: bool = False) -> list[str]:
     """The paper's numbers for the protocol this run measured (a preset name, or None when
-    the run matched none), with ``measured`` describing the run."""
+    the run matched none), with ``measured`` describing the run. Numbers whose paper
+    states no protocol (``unstated``) go beside the recipe's own evaluation (``own_view``:
+    plain ``eval``) only, saying so."""
     reported = recipe.paper.reported
     if not reported:
         return []
@@ -60,9 +71,14 @@ def paper_lines(recipe: Recipe, bundle: DataBundle, protocol: str | None, measur
     if protocol in mapping:
         numbers = {k: reported[k] for k in mapping[protocol]}
         return [f"paper, {protocol}{source}: {_errors(numbers)}   [this run: {measured}]"]
-    others = ", ".join(f"--protocol {name}" for name in mapping)
+    if UNSTATED in mapping and own_view:
+        numbers = {k: reported[k] for k in mapping[UNSTATED]}
+        return [f"paper, protocol not stated by the paper{source}: {_errors(numbers)}   [this run: {measured}]"]
+    others = [f"--protocol {name}" for name in mapping if name != UNSTATED]
+    if UNSTATED in mapping:
+        others.append("the recipe's own evaluation (plain `eval`; the paper does not state its protocol)")
     return [f"paper's numbers left out: none was measured like this run ({measured}); "
-            f"the paper's are for {others}"]
+            f"the paper's are for {', '.join(others)}"]
 
 
 def distinct_views(dataset: Dataset, transform=None) -> int | None:

@@ -23,6 +23,7 @@ from cnntrain.data.folder import ImageFolderDataset, image_files
 from cnntrain.data.transforms import EvalTransform
 from cnntrain.engine.device import prepare_cuda, resolve_device
 from cnntrain.engine.evaluate import load_member, member_scores
+from cnntrain.engine.paperline import accuracy_ks
 from cnntrain.errors import CnnTrainError
 
 
@@ -89,7 +90,9 @@ def predict(opts: PredictOptions) -> dict[str, Any]:
     preps = [BatchPrep(tuple(m["mean"]), tuple(m["std"]), dev, p.channels_last) for _, m, _, p in members]
     rows: dict[int, dict[str, Any]] = {}
     where = {f: i for i, f in enumerate(files)}
-    k = min(opts.topk, len(meta["classes"]))
+    (*_, k), k_note = accuracy_ks(opts.topk, len(meta["classes"]))
+    if k_note:
+        print(k_note)  # as eval says it: --topk 3 on a 2-class model shows 2
     for images, index, skipped in loader:
         for bad in skipped:
             rows[where[bad.path]] = {"path": bad.path, "error": bad.reason}

@@ -36,7 +36,7 @@ def eval_protocol(opts: EvalOptions) -> dict[str, Any]:
     member = load_member(path, dev)
     model, meta, recipe, _ = member
     protocol = get_protocol(opts.protocol)
-    size = recipe.data.train_size
+    size = recipe.data.eval_size or recipe.data.train_size  # the recipe's test crop (train low, test high)
     scales, chosen = protocol_scales(protocol, recipe, opts.scales)
     transform = protocol_transform(protocol, size, scales)
     bundle = build_data(recipe, opts.data if opts.data is not None else recorded(meta.get("data")), train=False,

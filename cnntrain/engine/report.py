@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from cnntrain import plots
 from cnntrain.engine.options import EnsembleOptions
 from cnntrain.engine.outputs import Collector, Scores, combine, load_scores, sample_ids
+from cnntrain.engine.paperline import accuracy_ks, accuracy_text
 from cnntrain.recipe import Recipe
 from cnntrain.runs import read_metrics
 
@@ -240,18 +241,20 @@ def ensemble_saved(opts: EnsembleOptions) -> dict[str, Any]:
     paths, how, topk, report = opts.checkpoints, opts.combine, opts.topk or 5, opts.report
     members = [load_scores(p) for p in paths]
     ens = combine(members, how)  # refuses files that score other images, labels or classes
-    ks = (1, topk)
+    ks, k_note = accuracy_ks(topk, len(ens.classes))  # each top-K once, K at most the classes
     results = []
     for path, m in zip(paths, members):
         r = {**m.metrics(ks), "file": str(path)}
         results.append(r)
-        print(f"member   {path}  top1 {r['top1']:.2f}%  top{topk} {r[f'top{topk}']:.2f}%  loss {r['loss']:.4f}")
+        print(f"member   {path}  {accuracy_text(r, ks)}  loss {r['loss']:.4f}")
     headline = ens.metrics(ks, use_logits=how == "logit")
-    print(f"ensemble of {len(paths)} ({how} average)  top1 {headline['top1']:.2f}%  "
-          f"top{topk} {headline[f'top{topk}']:.2f}%  loss {headline['loss']:.4f}  on {headline['samples']} images")
+    print(f"ensemble of {len(paths)} ({how} average)  {accuracy_text(headline, ks)}  loss {headline['loss']:.4f}  "
+          f"on {headline['samples']} images")
+    if k_note:
+        print(k_note)
     out = {**headline, "combine": how, "members": results}
     if report:
-        out.update(write_report(ens, report, topk, f"ensemble of {len(paths)} saved outputs ({how} average)",
+        out.update(write_report(ens, report, ks[-1], f"ensemble of {len(paths)} saved outputs ({how} average)",
                                 headline))
         _print_report(out)
     return out

@@ -45,6 +45,7 @@ from cnntrain.engine.metrics import Meter, RunLog, epoch_line, run_log
 from cnntrain.engine.mixing import mixes
 from cnntrain.engine.optim import LRSchedule
 from cnntrain.engine.options import FitOptions
+from cnntrain.engine.paperline import accuracy_ks
 from cnntrain.engine.runstate import Progress, RunState, running_marker
 from cnntrain.engine.signals import GracefulStop
 from cnntrain.engine.step import main_output, training_loss  # noqa: F401 - re-exported
@@ -207,7 +208,7 @@ class Trainer:
             collectives.agree(self.env, self.progress.step, "the step to resume from")
         if self.env.is_main:
             (self.out / "recipe.toml").write_text(self.recipe.to_toml())
-        for note in self.data.notes:
+        for note in [*self.data.notes, *filter(None, [self._ks()[1]])]:
             print(f"note: {note}")
         d = self.data
         print(f"fit {self.recipe.name}: {self.recipe.model.arch} on {d.kind} "
@@ -269,20 +270,26 @@ class Trainer:
             improved = p.best_top1 is None or top1 > p.best_top1
             p.best_top1 = top1 if improved else p.best_top1
         p.amp_skipped = int(p.amp_skipped)
-        record = {"epoch": p.epoch, "step": p.step, **record,
+        # the data's kind and classes: `cnntrain runs` lays the paper's number beside its own data only
+        record = {"epoch": p.epoch, "step": p.step, **record, "data": {"kind": self.data.kind,
+                                                                      "classes": self.data.num_classes},
                   "skipped": len(self.guards.skipped) - self.skipped_before_epoch,
                   "nonfinite_skipped": p.nonfinite_skipped, "amp_skipped": p.amp_skipped}
         log.epoch(record)  # before the checkpoint: a kill in between re-runs and rewrites it
         self._save(improved)
-        print(epoch_line(record, self.epochs, self.recipe.eval.topk))
+        print(epoch_line(record, self.epochs, self._ks()[0][-1]))
         if self._stop_requested():
             raise self._stopped(f"at the end of epoch {p.epoch}")
         return record
 
+    def _ks(self) -> tuple[tuple[int, ...], str | None]:
+        """The top-K measured: eval.topk clipped to the class count (a 2-class run has no top-5)."""
+        return accuracy_ks(self.recipe.eval.topk, self.data.num_classes)
+
     def validate(self) -> dict[str, Any]:
         if self.val_loader is None:
             return {}
-        ks = (1, self.recipe.eval.topk)
+        ks = self._ks()[0]
         ema = self.parts.ema
         model = ema.module if ema is not None else distributed.eval_model(self.model)
         (meter,), skipped = evaluate([model], self.val_loader, [self.parts.prep], self.device,
