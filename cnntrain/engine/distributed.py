@@ -92,14 +92,15 @@ def _rank_device(spec: str, env: DistEnv) -> torch.device:
     return torch.device("cuda", env.local_rank)
 
 
-def setup(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S,
-          deterministic: bool = False) -> tuple[DistEnv, torch.device]:
+def setup(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S, deterministic: bool = False, *,
+          fixed_shapes: bool = False, training: bool = False) -> tuple[DistEnv, torch.device]:
     """Join the process group if this process was launched as one of several, pick its
-    device (and tune the process for it). Processes other than rank 0 stop printing to
+    device (and tune the process for it: ``fixed_shapes`` and ``training`` as
+    :func:`device.cuda_tuning` takes them). Processes other than rank 0 stop printing to
     stdout."""
     env = env_from_environ()
     dev = resolve_device(device) if not env.enabled else _rank_device(device, env)
-    prepare_cuda(dev, deterministic)
+    prepare_cuda(dev, deterministic, fixed_shapes=fixed_shapes, training=training)
     if dev.type == "cpu":
         tune_cpu_process()
     if not env.enabled:
