@@ -129,3 +129,47 @@ def test_cuda_fp32_head_is_not_tf32_after_training_set_up():
     finally:
         torch.set_float32_matmul_precision(before)
     torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-5)  # TF32 is off by ~1e-3
+
+
+def test_bench_train_sets_the_process_up_as_fit_does(monkeypatch):
+    from cnntrain.engine import bench
+    from cnntrain.engine.options import BenchTrainOptions
+
+    calls = []
+
+    def prepare(dev, deterministic=False, **kw):
+        calls.append(kw)
+        raise _Asked
+
+    monkeypatch.setattr(bench, "prepare_process", prepare)
+    with pytest.raises(_Asked):
+        bench.bench_train(BenchTrainOptions(recipe="lenet5", device="cpu"))
+    assert calls == [{"fixed_shapes": True, "training": True}]
+
+
+def test_the_bare_bench_step_reads_its_loss_like_the_engine(monkeypatch):
+    from cnntrain.data import synthetic_spec
+    from cnntrain.engine.bench import _bare_step, _fixed_batch
+
+    recipe = load_recipe("lenet5")
+    spec = synthetic_spec(recipe)
+    dev = torch.device("cpu")
+    images, target = _fixed_batch(4, spec, dev)
+    step = _bare_step(recipe, dev, images, target, spec, False, None, False)
+    reads = []
+    real = torch.Tensor.__float__
+    monkeypatch.setattr(torch.Tensor, "__float__", lambda t: reads.append(t.shape) or real(t))
+    step()
+    step()
+    assert reads == [torch.Size([]), torch.Size([])]
+
+
+def test_one_process_batch_that_accumulate_cannot_cut_is_named_as_such():
+    from cnntrain.engine.distributed import SINGLE, DistEnv, per_process_batch
+    from cnntrain.errors import CnnTrainError
+
+    with pytest.raises(CnnTrainError) as one:
+        per_process_batch(7, SINGLE, 2)
+    assert "processes" not in str(one.value) and "optim.batch_size 7" in str(one.value)
+    with pytest.raises(CnnTrainError, match="each of the 2 processes reads 7 samples"):
+        per_process_batch(14, DistEnv(0, 2, 0, 2), 2)

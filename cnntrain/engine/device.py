@@ -201,6 +201,16 @@ def prepare_cuda(device: torch.device, deterministic: bool, *, fixed_shapes: boo
     torch.set_float32_matmul_precision("high" if tuning.tf32_matmul else "highest")
 
 
+def prepare_process(device: torch.device, deterministic: bool = False, *, fixed_shapes: bool = False,
+                    training: bool = False) -> None:
+    """The process set-up every command that runs models shares (fit through
+    ``distributed.setup``, the benchmarks directly): :func:`prepare_cuda` on CUDA,
+    :func:`tune_cpu_process` on CPU."""
+    prepare_cuda(device, deterministic, fixed_shapes=fixed_shapes, training=training)
+    if device.type == "cpu":
+        tune_cpu_process()
+
+
 @contextmanager
 def exact_fp32() -> Iterator[None]:
     """fp32 matmuls and convolutions without TF32 inside (cuDNN uses TF32 for fp32

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cnntrain.engine.dataparallel import data_parallel
-from cnntrain.engine.device import prepare_cuda, resolve_device, seed_everything, tune_cpu_process
+from cnntrain.engine.device import prepare_process, resolve_device, seed_everything
 from cnntrain.errors import CnnTrainError
 from cnntrain.models.drops import skips_parameters
 
@@ -100,9 +100,7 @@ def setup(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S, determinis
     stdout."""
     env = env_from_environ()
     dev = resolve_device(device) if not env.enabled else _rank_device(device, env)
-    prepare_cuda(dev, deterministic, fixed_shapes=fixed_shapes, training=training)
-    if dev.type == "cpu":
-        tune_cpu_process()
+    prepare_process(dev, deterministic, fixed_shapes=fixed_shapes, training=training)
     if not env.enabled:
         return env, dev
     if not dist.is_initialized():
@@ -149,8 +147,10 @@ def per_process_batch(global_batch: int, env: DistEnv, accumulate: int = 1) -> i
                             f"{env.world} processes; use a multiple of {env.world}")
     per = global_batch // env.world
     if per % accumulate:
-        raise CnnTrainError(f"each of the {env.world} processes reads {per} samples per step, which "
-                            f"train.accumulate = {accumulate} cannot cut into equal micro-batches")
+        who = (f"each of the {env.world} processes reads {per} samples per step, which" if env.world > 1
+               else f"optim.batch_size {per}, which")
+        raise CnnTrainError(f"{who} train.accumulate = {accumulate} cannot cut into equal micro-batches; "
+                            f"use a batch size that is a multiple of {accumulate * env.world}")
     return per
 
 
