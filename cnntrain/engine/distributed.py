@@ -77,10 +77,10 @@ def env_from_environ() -> DistEnv:
 def _rank_device(spec: str, env: DistEnv) -> torch.device:
     if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    device = resolve_device(spec)
+    device = resolve_device(spec)  # checks it (resolved, "cuda" names cuda:0)
     if device.type != "cuda":
         return device
-    if device.index is not None:
+    if spec != "auto" and torch.device(spec).index is not None:
         raise CnnTrainError(f"--device {spec} picks one GPU, but this job runs {env.world} processes that "
                             "each use cuda:LOCAL_RANK; pass --device cuda")
     count = torch.cuda.device_count()
