@@ -173,3 +173,21 @@ def test_one_process_batch_that_accumulate_cannot_cut_is_named_as_such():
     assert "processes" not in str(one.value) and "optim.batch_size 7" in str(one.value)
     with pytest.raises(CnnTrainError, match="each of the 2 processes reads 7 samples"):
         per_process_batch(14, DistEnv(0, 2, 0, 2), 2)
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_progress_figures_are_read_once_and_only_with_a_bar(tmp_path, monkeypatch, progress):
+    from cnntrain.engine import train
+
+    reads = []
+    real = Trainer._show
+
+    def show(self, *a):
+        before = self.progress.meter.host_reads
+        real(self, *a)
+        reads.append(self.progress.meter.host_reads - before)
+    monkeypatch.setattr(Trainer, "_show", show)
+    recipe = load_recipe("lenet5", [f"train.iterations={train.POSTFIX_EVERY}", "optim.batch_size=8",
+                                    "train.eval_every=100"])
+    Trainer(recipe, FitOptions(out=tmp_path, device="cpu", progress=progress, workers=0)).run()
+    assert reads == ([1] if progress else [])
