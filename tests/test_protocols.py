@@ -267,3 +267,19 @@ def test_dense_protocol_runs_on_cuda(lenet_run, capsys):
     code, out, err = run_cli(["eval", lenet_run / "best.pt", "--protocol", "resnet-fcn-multiscale", *FAST], capsys)
     assert code == 0, err
     assert gpu.split()[:2] == out.splitlines()[1].split()[:2]  # same top-1 on 12 images
+
+
+def test_evaluation_transforms_draw_one_typed_empty_view():
+    import dataclasses
+
+    from cnntrain.data.transforms import EVAL_VIEW, EvalTransform, EvalView
+
+    transforms = [EvalTransform(load_recipe("resnet20").data), protocol_transform(get_protocol("10crop"), 32, [32]),
+                  protocol_transform(get_protocol("vgg-dense"), 32, [32, 40])]
+    img = torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8)
+    for t in transforms:
+        view = t.draw(40, 48)
+        assert isinstance(view, EvalView) and view == EVAL_VIEW
+        assert torch.equal(t.apply(img, view), t.apply(img))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        EVAL_VIEW.side = 1
