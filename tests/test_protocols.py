@@ -283,3 +283,13 @@ def test_evaluation_transforms_draw_one_typed_empty_view():
         assert torch.equal(t.apply(img, view), t.apply(img))
     with pytest.raises(dataclasses.FrozenInstanceError):
         EVAL_VIEW.side = 1
+
+
+def test_non_positive_scales_are_refused_once_with_one_line(capsys):
+    from cnntrain.engine.options import EvalOptions, parse_scales
+
+    assert parse_scales("256,0") == [256, 0]  # parsing only; the options check the values
+    code, out, err = run_cli(["eval", "missing.pt", "--scales", "256,0"], capsys)
+    assert code == 2 and err.strip().splitlines() == ["error: --scales 256,0: scales must be positive"]
+    with pytest.raises(CnnTrainError, match="scales must be positive"):
+        EvalOptions(checkpoint="x.pt", scales=[-1])
