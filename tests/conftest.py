@@ -7,6 +7,9 @@ import os
 # two cores, and two OpenMP threads per worker oversubscribe them (inception-v4's
 # backward at 75 px took 8-27 s with 2 threads under load against 1 s with one).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# cuBLAS reads this when CUDA starts, and the cuda-marked tests share one process: the
+# first one to touch CUDA would leave a later train.deterministic run unable to set it.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import pickle
 from pathlib import Path
@@ -29,6 +32,17 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _restore_deterministic_mode():
+    """A deterministic training run turns torch's deterministic mode on for the whole
+    process (and cuDNN's autotuner off); later tests in the same process get it back."""
+    mode, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    yield
+    torch.use_deterministic_algorithms(mode, warn_only=warn)
+    torch.backends.cudnn.benchmark = benchmark
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:

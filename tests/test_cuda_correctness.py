@@ -21,6 +21,7 @@ from cnntrain.engine.options import FitOptions
 from cnntrain.engine.runstate import load_scaler_state
 from cnntrain.engine.train import Trainer
 from cnntrain.models import build_model, drops
+from cnntrain.models.fractalnet import FractalNet
 from cnntrain.models.stochastic_depth import stochastic_blocks
 from cnntrain.recipe import load_recipe
 from tests.test_distributed import cli, free_port
@@ -41,19 +42,27 @@ def test_ddp_trains_models_that_skip_blocks(tmp_path, recipe):
     assert (tmp_path / "run" / "last.pt").is_file()
 
 
-def _drop_rank(rank: int, world: int, port: int, out: str) -> None:
+def _units(model: nn.Module) -> list[nn.Module]:
+    """The layers whose running tells which blocks (stochastic depth) or paths (FractalNet's
+    conv units) a step kept."""
+    if isinstance(model, FractalNet):
+        return [unit for block in model.blocks for column in block.columns for unit in column]
+    return [block.conv1 for block in stochastic_blocks(model)]
+
+
+def _drop_rank(rank: int, world: int, port: int, out: str, arch: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     env, _ = distributed.setup("cpu", timeout_s=60)
     distributed.reseed_rank(env, 0, 0)  # the ranks' global RNGs differ, as in training
-    model = build_model("resnet110-stochastic-depth", num_classes=4, p_last=0.5).train()
+    model = build_model(arch, num_classes=4).train()
     ran: list[int] = []
-    for i, block in enumerate(stochastic_blocks(model)):
-        block.conv1.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
+    for i, unit in enumerate(_units(model)):
+        unit.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
     patterns = []
-    for step in range(3):
+    for step in range(4):
         ran.clear()
-        drops.reseed(7, step)
+        drops.reseed(7, step, model)
         with torch.no_grad():
             model(torch.randn(2, 3, 8, 8))
         patterns.append(list(ran))
@@ -64,12 +73,14 @@ def _drop_rank(rank: int, world: int, port: int, out: str) -> None:
     distributed.teardown()
 
 
-def test_ranks_drop_the_same_blocks(tmp_path):
+@pytest.mark.parametrize("arch", ["resnet110-stochastic-depth", "fractalnet-20"])
+def test_ranks_drop_the_same_blocks(tmp_path, arch):
     out = tmp_path / "patterns.pt"
-    mp.spawn(_drop_rank, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_drop_rank, args=(2, free_port(), str(out), arch), nprocs=2, join=True)
     first, second = torch.load(out, weights_only=True)["patterns"]
     assert first == second
-    assert any(len(p) < 54 for p in first) and first[0] != first[1]  # blocks were skipped, per step
+    units = len(_units(build_model(arch, num_classes=4)))
+    assert any(len(p) < units for p in first) and len(set(map(tuple, first))) > 1  # skipped, per step
 
 
 def test_skipping_models_are_wrapped_to_find_unused_parameters():
@@ -117,6 +128,19 @@ def test_an_enabled_scaler_resumes_from_a_checkpoint_without_one(capsys):
     other = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=True)
     load_scaler_state(scaler, other.state_dict())
     assert scaler.get_scale() == 1024.0
+
+
+def test_an_fp16_run_resumes_a_cpu_checkpoint_through_runstate(tmp_path, capsys):
+    """The whole resume path (RunState.resume), with the fp16 run's enabled scaler built
+    where it cannot run on CUDA: the CPU run's checkpoint holds an empty scaler state."""
+    recipe = load_recipe("lenet5", ["optim.batch_size=8", "train.iterations=2", "train.eval_every=100"])
+    Trainer(recipe, FitOptions(out=tmp_path, device="cpu", progress=False, workers=0)).run()
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["scaler"] == {}
+    again = Trainer(recipe, FitOptions(out=tmp_path, device="cpu", progress=False, workers=0))
+    again.state.scaler = torch.amp.GradScaler("cpu", enabled=True)  # what train.amp = "fp16" builds
+    again.state.resume("auto")
+    assert again.progress.step == 2 and again.state.scaler.is_enabled()
+    assert again.state.scaler.get_scale() == 65536.0 and "initial scale" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------ 6, 13: host reads

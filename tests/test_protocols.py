@@ -348,3 +348,29 @@ def test_plain_eval_of_a_flip_recipe_is_the_center_flip_preset():
     assert line.startswith("paper, center-flip") and "top1 error 26.2%" in line
     (line,) = paper_lines(r, bundle, "center", "1-crop")
     assert line.startswith("paper's numbers left out") and "--protocol center-flip" in line
+
+
+def test_evaluation_transforms_draw_one_typed_empty_view():
+    import dataclasses
+
+    from cnntrain.data.transforms import EVAL_VIEW, EvalTransform, EvalView
+
+    transforms = [EvalTransform(load_recipe("resnet20").data), protocol_transform(get_protocol("10crop"), 32, [32]),
+                  protocol_transform(get_protocol("vgg-dense"), 32, [32, 40])]
+    img = torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8)
+    for t in transforms:
+        view = t.draw(40, 48)
+        assert isinstance(view, EvalView) and view == EVAL_VIEW
+        assert torch.equal(t.apply(img, view), t.apply(img))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        EVAL_VIEW.side = 1
+
+
+def test_non_positive_scales_are_refused_once_with_one_line(capsys):
+    from cnntrain.engine.options import EvalOptions, parse_scales
+
+    assert parse_scales("256,0") == [256, 0]  # parsing only; the options check the values
+    code, out, err = run_cli(["eval", "missing.pt", "--scales", "256,0"], capsys)
+    assert code == 2 and err.strip().splitlines() == ["error: --scales 256,0: scales must be positive"]
+    with pytest.raises(CnnTrainError, match="scales must be positive"):
+        EvalOptions(checkpoint="x.pt", scales=[-1])

@@ -88,10 +88,23 @@ def test_every_reported_number_names_its_protocol_and_verification():
         assert isinstance(paper.verified, bool), name
         if paper.reported:
             assert paper.protocol.strip(), f"{name}: reported numbers without a protocol"
-        if not paper.verified:
+        if paper.reported and not paper.verified:
             unverified.add(name)
     # The README names FractalNet's 5.24 and RSB A2's 79.8% as the numbers that could not be checked.
     assert unverified == {"fractalnet", "resnet50-rsb-a2"}
+
+
+def test_fractalnet_20_is_the_20_layer_net_with_fractalnets_procedure_and_no_number(capsys):
+    twenty, forty = load_recipe("fractalnet-20"), load_recipe("fractalnet")
+    assert twenty.model.arch == "fractalnet-20" and forty.model.arch == "fractalnet"
+    assert (twenty.optim, twenty.schedule, twenty.train.epochs) == (forty.optim, forty.schedule, forty.train.epochs)
+    # Not the 40-layer net's 5.24: no figure for this network could be checked.
+    assert twenty.paper.reported == {} and twenty.paper.eval_protocols == {} and twenty.paper.verified is False
+    assert "Table 1" in twenty.paper.protocol
+    code, out, err = run_cli(["recipes"], capsys)
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.split()[:1] == ["fractalnet-20"])
+    assert line.split()[-1] == "-"
 
 
 def test_corrected_numbers_and_their_labels():

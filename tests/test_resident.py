@@ -84,6 +84,21 @@ def test_ddp_shards_and_exact_resume(cifar10_root):
     assert len(whole) == 3 and torch.equal(resumed, images[16:])
 
 
+def test_the_crop_policy_states_the_resident_base():
+    """crop = "none" holds the evaluation view (resized to eval_resize, centre-cropped):
+    the policy class says so, and the batches equal its per-sample views."""
+    over = ["augment.crop=none", "data.eval_resize=40", "augment.hflip=true"]
+    recipe, bundle, batches = loader_for("lenet5", None, overrides=over)
+    assert resident.resident_view(recipe) == resident.ResidentView(32, 0, True, 40)
+    assert resident.resident_view(load_recipe("resnet20")) == resident.ResidentView(32, 4, True, 32)
+    batches.sampler.set_epoch(1)
+    index, _, _, flip = batches.epoch_draws()
+    images = next(iter(batches))[0]
+    tf: TrainTransform = bundle.train.transform
+    for i in range(len(images)):
+        assert torch.equal(images[i], tf.apply(bundle.train.images[index[i]], View(flip=bool(flip[i])))), i
+
+
 def test_on_device_on_refuses_what_it_cannot_hold(folder_root, cifar10_root):
     with pytest.raises(CnnTrainError, match="augment.crop"):
         resident.use_resident(load_recipe("resnet20", ["data.on_device=on", "augment.crop=resized"]),

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from cnntrain.data.transforms import resize_shorter, shorter_side_size
+from cnntrain.data.transforms import EVAL_VIEW, EvalView, resize_shorter, shorter_side_size
 from cnntrain.errors import CnnTrainError, did_you_mean
 from cnntrain.recipe import EVAL_PROTOCOLS, Recipe
 
@@ -148,19 +148,20 @@ class _ProtocolView:
     def __init__(self, protocol: Protocol, size: int, scales: list[int]) -> None:
         self.protocol, self.size, self.scales = protocol, size, scales
 
-    def draw(self, h: int, w: int, generator: torch.Generator | None = None) -> tuple:
-        return ()
+    def draw(self, h: int, w: int, generator: torch.Generator | None = None) -> EvalView:
+        return EVAL_VIEW
 
-    def max_reduction(self, h: int, w: int, view: tuple) -> float:
+    def max_reduction(self, h: int, w: int, view: EvalView) -> float:
         return min(h, w) / max(self.scales)
 
-    def region(self, view: tuple) -> None:
+    def region(self, view: EvalView) -> None:
         return None
 
-    def support(self, view: tuple, hw: tuple[int, int]) -> None:
+    def support(self, view: EvalView, hw: tuple[int, int]) -> None:
         return None  # the views cover the whole image
 
-    def apply(self, img: torch.Tensor, view: tuple = (), src_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    def apply(self, img: torch.Tensor, view: EvalView = EVAL_VIEW,
+              src_hw: tuple[int, int] | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -177,7 +178,8 @@ class CropViews(_ProtocolView):
         per_scale = {"center": 1, "ten": 5, "grid5": 25, "googlenet": 18}[self.protocol.layout]
         return per_scale * len(self.scales) * (2 if self.protocol.flips else 1)
 
-    def apply(self, img: torch.Tensor, view: tuple = (), src_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    def apply(self, img: torch.Tensor, view: EvalView = EVAL_VIEW,
+              src_hw: tuple[int, int] | None = None) -> torch.Tensor:
         out = []
         for side in self.scales:
             scaled = resize_shorter(img, side)
@@ -205,7 +207,8 @@ class WholeImage(_ProtocolView):
         sizes = {shorter_side_size(h, w, max(q, self.size)) for q in self.scales}
         return len(sizes) * (2 if self.protocol.flips else 1)
 
-    def apply(self, img: torch.Tensor, view: tuple = (), src_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    def apply(self, img: torch.Tensor, view: EvalView = EVAL_VIEW,
+              src_hw: tuple[int, int] | None = None) -> torch.Tensor:
         return img.contiguous()
 
 

@@ -19,8 +19,9 @@ where each of the main process's ops waits for a descheduled thread, which the
 single-threaded loader workers of the baseline never do.
 =============================================================================== design
 1. Load: the readers' uint8 tensors (CIFAR, digits) or the synthetic images drawn once,
-   brought to the view's fixed base once for all epochs (``pad``: the image at
-   ``train_size``, zero-padded by ``augment.pad``; ``none``: the evaluation view), and
+   brought to the view's fixed base once for all epochs, as the crop policy of
+   :mod:`cnntrain.data.views` states it (``resident_base``: ``pad``, the image at
+   ``train_size`` zero-padded by ``augment.pad``; ``none``, the evaluation view), and
    moved to the device.
 2. Per epoch: the existing :class:`~cnntrain.data.sampler.EpochSampler` gives this rank's
    order and three uniforms per sample (``draws``), a pure function of (seed, epoch,
@@ -52,10 +53,10 @@ from cnntrain.data.digits import TensorImages
 from cnntrain.data.sampler import EpochSampler
 from cnntrain.data.synthetic import SyntheticImages
 from cnntrain.data.transforms import center_crop, resize_shorter
+from cnntrain.data.views import CROPS, NoCrop
 from cnntrain.errors import CnnTrainError
 from cnntrain.recipe import Recipe
 
-RESIDENT_CROPS = ("pad", "none")
 FREE_SHARE = 0.25  # auto: on when the padded (and mirrored) images take under this share of free memory
 LOAD_CHUNK = 4096  # images resized per call while loading (bounds the float temporaries)
 
@@ -67,6 +68,7 @@ class ResidentView:
     size: int  # side of the training crop
     pad: int  # zero padding around the base image; crop offsets are drawn in [0, 2 * pad]
     hflip: bool
+    side: int = 0  # shorter side each image is resized to before the centre crop to ``size``
 
     @property
     def span(self) -> int:
@@ -78,8 +80,9 @@ def why_not_resident(recipe: Recipe, dataset) -> str | None:
     aug = recipe.augment
     if not isinstance(dataset, (TensorImages, SyntheticImages)):
         return "only CIFAR, digits and synthetic data can be held on the device (a folder is read per file)"
-    if aug.crop not in RESIDENT_CROPS:
-        return f'augment.crop = "{aug.crop}" resizes every image differently; device-resident data takes pad or none'
+    crop = _crop_reason(recipe)
+    if crop is not None:
+        return crop
     if any(aug.color_jitter):
         return "augment.color_jitter is drawn per image; device-resident data takes crop and flip only"
     return per_image_only(recipe)
@@ -119,18 +122,36 @@ def use_resident(recipe: Recipe, dataset, channels: int, device: torch.device) -
     return resident_bytes(recipe, dataset, channels) < FREE_SHARE * free
 
 
+def crop_policy(recipe: Recipe, crop: str) -> NoCrop:
+    """The training view's crop policy ``crop`` (views.CROPS) for this recipe's sizes."""
+    data = recipe.data
+    return CROPS[crop](data.train_size, data.eval_resize or data.train_size, recipe.augment)
+
+
+def _crop_reason(recipe: Recipe) -> str | None:
+    """Why the recipe's crop policy has no fixed base to hold on the device, or None."""
+    crop = recipe.augment.crop
+    if crop_policy(recipe, crop).resident_base() is not None:
+        return None
+    fixed = [name for name in CROPS if crop_policy(recipe, name).resident_base() is not None]
+    return f'augment.crop = "{crop}" resizes every image differently; device-resident data takes {" or ".join(fixed)}'
+
+
 def resident_view(recipe: Recipe) -> ResidentView:
-    pad = recipe.augment.pad if recipe.augment.crop == "pad" else 0
-    return ResidentView(recipe.data.train_size, pad, recipe.augment.hflip)
+    """The fixed base and the draws, as the recipe's crop policy states them."""
+    base = crop_policy(recipe, recipe.augment.crop).resident_base()
+    if base is None:
+        raise CnnTrainError(f'{_crop_reason(recipe)}; set data.on_device = "off"')
+    side, pad = base
+    return ResidentView(recipe.data.train_size, pad, recipe.augment.hflip, side)
 
 
-def base_images(images: torch.Tensor, recipe: Recipe, view: ResidentView) -> torch.Tensor:
-    """The images at the view's fixed base: as :class:`~cnntrain.data.views.PadCrop` (or
-    ``NoCrop``) prepares every image before its random crop, for all of them at once."""
-    side = view.size if recipe.augment.crop == "pad" else (recipe.data.eval_resize or view.size)
+def base_images(images: torch.Tensor, view: ResidentView) -> torch.Tensor:
+    """The images at the view's fixed base: as the crop policy (``pad`` or ``none``)
+    prepares every image before its random crop, for all of them at once."""
     parts = []
     for chunk in images.split(LOAD_CHUNK):
-        chunk = center_crop(resize_shorter(chunk, side), view.size)
+        chunk = center_crop(resize_shorter(chunk, view.side), view.size)
         parts.append(TF.pad(chunk, [view.pad]) if view.pad else chunk.contiguous())
     return torch.cat(parts)
 
@@ -200,6 +221,6 @@ def resident_loader(recipe: Recipe, dataset, device: torch.device, batch_size: i
     :func:`~cnntrain.data.loaders.train_loader` shards and seeds the per-sample path."""
     view = resident_view(recipe)
     images, labels = dataset_tensors(dataset)
-    base = base_images(images, recipe, view).to(device)
+    base = base_images(images, view).to(device)
     sampler = EpochSampler(len(labels), seed, rank=rank, world=world, repeats=recipe.train.repeated_aug)
     return ResidentBatches(base, labels.to(device), view, batch_size, sampler)

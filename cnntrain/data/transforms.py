@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -152,6 +153,16 @@ def color_jitter(img: torch.Tensor, order: list[int], factors: list[float]) -> t
     return img
 
 
+@dataclass(frozen=True)
+class EvalView:
+    """An evaluation transform's view: nothing is drawn, so every image's is this empty
+    one (the counterpart of :class:`~cnntrain.data.views.View` for the same protocol:
+    ``draw``, ``support``, ``apply``)."""
+
+
+EVAL_VIEW = EvalView()
+
+
 class EvalTransform:
     """Deterministic evaluation view: one centre crop, or 10 crops stacked (10, C, H, W);
     with ``scales``, those views at every scale, stacked (len(scales) * crops, C, H, W)."""
@@ -171,17 +182,17 @@ class EvalTransform:
         view = center_crop(img, self.size).contiguous()
         return [view, TF.horizontal_flip(view)] if self.flip else [view]
 
-    def draw(self, h: int, w: int, generator: torch.Generator | None = None) -> tuple:
+    def draw(self, h: int, w: int, generator: torch.Generator | None = None) -> EvalView:
         """Nothing random: the empty view (the protocol of :class:`~cnntrain.data.views.TrainTransform`)."""
-        return ()
+        return EVAL_VIEW
 
-    def max_reduction(self, h: int, w: int, view: tuple) -> float:
+    def max_reduction(self, h: int, w: int, view: EvalView) -> float:
         return min(h, w) / max([self.resize, self.size, *self.scales])
 
-    def region(self, view: tuple) -> None:
+    def region(self, view: EvalView) -> None:
         return None  # the shorter side is resized before the crop: see support()
 
-    def support(self, view: tuple, hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    def support(self, view: EvalView, hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
         """The part of the image one centre crop depends on (see views.TrainTransform.support);
         None for 10 crops or several scales, which need all of it."""
         if self.crops != 1 or self.scales or self.flip:
@@ -193,7 +204,8 @@ class EvalTransform:
         top, left = int(round((rh - self.size) / 2.0)), int(round((rw - self.size) / 2.0))
         return crop_support(h, w, (rh, rw), top, left, self.size)
 
-    def apply(self, img: torch.Tensor, view: tuple = (), src_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    def apply(self, img: torch.Tensor, view: EvalView = EVAL_VIEW,
+              src_hw: tuple[int, int] | None = None) -> torch.Tensor:
         """One centre crop, or a (V, C, H, W) stack: 10 crops, and/or one view set per test scale."""
         source = img
         if self.scales:

@@ -96,6 +96,13 @@ class NoCrop:
     def apply(self, img: torch.Tensor, view: View, src_hw: tuple[int, int] | None) -> torch.Tensor:
         return center_crop(resize_shorter(img, self.eval_resize), self.size)
 
+    def resident_base(self) -> tuple[int, int] | None:
+        """For device-resident data (:mod:`cnntrain.data.resident`), which prepares every
+        image once: (the shorter side it is resized to before the centre ``size`` crop,
+        the zero padding the random crop offsets range over). None where the view has no
+        such fixed base (a per-image resize)."""
+        return self.eval_resize, 0
+
 
 class PadCrop(NoCrop):
     """``pad``: the image at ``train_size``, zero-padded by ``augment.pad``, cropped at random."""
@@ -106,6 +113,9 @@ class PadCrop(NoCrop):
 
     def max_reduction(self, h: int, w: int, view: View) -> float:
         return min(h, w) / self.size
+
+    def resident_base(self) -> tuple[int, int] | None:
+        return self.size, self.aug.pad
 
     def apply(self, img: torch.Tensor, view: View, src_hw: tuple[int, int] | None) -> torch.Tensor:
         size = self.size
@@ -118,6 +128,9 @@ class RandomCrop(NoCrop):
 
     def side(self, generator: torch.Generator | None) -> int:
         return max(self.aug.resize, self.size)
+
+    def resident_base(self) -> tuple[int, int] | None:
+        return None  # resized per image
 
     def draw(self, h: int, w: int, generator: torch.Generator | None) -> View:
         side = self.side(generator)
@@ -161,6 +174,9 @@ class ResizedCrop(NoCrop):
 
     def max_reduction(self, h: int, w: int, view: View) -> float:
         return min(view.height, view.width) / self.size
+
+    def resident_base(self) -> tuple[int, int] | None:
+        return None  # a box of random size, resized per image
 
     def region(self, view: View) -> tuple[int, int, int, int] | None:
         return view.box

@@ -12,7 +12,10 @@ baseline in the same run, on the same machine, and prints the ratio.
   learning-rate update and accuracy bookkeeping ``fit`` runs, under the recipe's
   precision and memory-format policy) on synthetic data, against a bare PyTorch loop
   (same model, batch and SGD; fp32, NCHW), and against a bare loop with the engine's
-  settings, which isolates the engine's own overhead. On CUDA also the model FLOP
+  settings, which isolates the engine's own overhead. Both sides set the process up as
+  ``fit`` does (:func:`~cnntrain.engine.device.prepare_process`: current device, cuDNN
+  autotuning, TF32 matmuls) and pay the same synchronisation: cnntrain's step reads its
+  loss on the host once (the non-finite guard), and the bare step reads its loss too. On CUDA also the model FLOP
   utilisation against the GPU's named dense bf16 peak (:mod:`~cnntrain.engine.mfu`).
 - ``bench data --data CIFAR_ROOT``: the device-resident path against torchvision's
   CIFAR10 pipeline (:mod:`~cnntrain.engine.bench_cifar`).
@@ -50,7 +53,7 @@ from cnntrain.data.folder import decode_view
 from cnntrain.data.loaders import gpu_decode_loader
 from cnntrain.engine import factory
 from cnntrain.engine.bench_cifar import bench_data_cifar
-from cnntrain.engine.device import resolve_device, tune_cpu_process
+from cnntrain.engine.device import prepare_process, resolve_device
 from cnntrain.engine.distributed import SINGLE, per_process_batch
 from cnntrain.engine.metrics import Meter
 from cnntrain.engine.mfu import mfu, train_flops_per_image
@@ -167,8 +170,7 @@ def bench_data(opts: BenchDataOptions) -> dict[str, Any]:
         return bench_data_cifar(opts, _time_loader, _median)
     recipe = load_recipe(opts.recipe or "resnet50", BASELINE_VIEW)
     dev = resolve_device(opts.device)
-    if dev.type == "cpu":
-        tune_cpu_process()
+    prepare_process(dev, fixed_shapes=True)  # as fit sets the process up (minus training's TF32)
     bundle = build_data(recipe, root, train=True)
     if bundle.kind != "folder":
         raise CnnTrainError(f"bench data reads an ImageNet-style folder of images; {root} is {bundle.kind}")
@@ -331,7 +333,8 @@ def _bare_step(recipe: Recipe, dev: torch.device, images: torch.Tensor, target: 
                compiled: bool) -> Callable[[], None]:
     """A plain PyTorch training step: the same model (same initial weights) and SGD,
     fed like cnntrain's step (the host's uint8 batch copied to the device and normalised
-    there, every step), so the two differ only in what the engine adds."""
+    there, every step) and synchronised like it (the loss read on the host once per
+    step), so the two differ only in what the engine adds."""
     torch.manual_seed(recipe.train.seed)
     m = model_from_recipe(recipe, spec.num_classes, spec.channels).to(dev)
     m = m.to(memory_format=torch.channels_last) if channels_last else m
@@ -354,6 +357,7 @@ def _bare_step(recipe: Recipe, dev: torch.device, images: torch.Tensor, target: 
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
+        float(loss.detach())  # the host read of the loss cnntrain's step makes (its guard), so both wait alike
     return step
 
 
@@ -370,8 +374,7 @@ def _fixed_batch(batch: int, spec: SyntheticSpec, dev: torch.device) -> tuple[to
 def bench_train(opts: BenchTrainOptions) -> dict[str, Any]:
     recipe = load_recipe(opts.recipe, list(opts.overrides))
     dev = resolve_device(opts.device)
-    if dev.type == "cpu":
-        tune_cpu_process()
+    prepare_process(dev, recipe.train.deterministic, fixed_shapes=True, training=True)  # as fit does
     batch = opts.batch_size or recipe.optim.batch_size
     per_process_batch(batch, SINGLE, recipe.train.accumulate)  # equal micro-batches, as in fit
     spec = synthetic_spec(recipe)

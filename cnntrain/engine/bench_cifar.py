@@ -25,7 +25,7 @@ from torchvision import transforms as T
 from cnntrain.data import build_data, default_workers, resident
 from cnntrain.data.cifar import CIFAR10_DIR, CIFAR10_TRAIN
 from cnntrain.engine import factory
-from cnntrain.engine.device import resolve_device, tune_cpu_process
+from cnntrain.engine.device import prepare_process, resolve_device
 from cnntrain.engine.options import BenchDataOptions
 from cnntrain.errors import CnnTrainError
 from cnntrain.recipe import load_recipe
@@ -80,8 +80,7 @@ def bench_data_cifar(opts: BenchDataOptions, time_loader, median) -> dict[str, A
     """See the module docstring; ``time_loader`` and ``median`` are bench data's own."""
     recipe = load_recipe(opts.recipe or "resnet20", CIFAR_VIEW)
     dev = resolve_device(opts.device)
-    if dev.type == "cpu":
-        tune_cpu_process()
+    prepare_process(dev, fixed_shapes=True)  # as fit sets the process up (minus training's TF32)
     bundle = build_data(recipe, opts.root, train=True)
     if bundle.kind != "cifar10":
         raise CnnTrainError(f"bench data on CIFAR compares with torchvision's CIFAR10; {opts.root} is {bundle.kind}")

@@ -23,7 +23,7 @@ import os
 import random
 import sys
 from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,15 +161,32 @@ def tune_cpu_process() -> bool:
     return ok
 
 
-def prepare_cuda(device: torch.device, deterministic: bool) -> None:
-    """Make ``device`` current and tune cuDNN/cuBLAS for a run on it.
+@dataclass(frozen=True)
+class CudaTuning:
+    """What :func:`prepare_cuda` switches on for one run (pure: see :func:`cuda_tuning`)."""
+    autotune: bool  # torch.backends.cudnn.benchmark
+    tf32_matmul: bool  # torch.set_float32_matmul_precision("high"), else "highest"
 
-    - Fixed-shape training: cuDNN's benchmark picks the fastest convolution algorithms
-      (off when ``deterministic``, since the fastest may differ between runs).
-    - fp32 matrix multiplies use TF32 on Ampere and later (``"high"``), as cuDNN's
-      convolutions already do by default.
-    - ``deterministic``: cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` before CUDA starts;
-      set here when absent, which is early enough as long as nothing used CUDA before.
+
+def cuda_tuning(capability: tuple[int, int], deterministic: bool, fixed_shapes: bool,
+                training: bool) -> CudaTuning:
+    """- cuDNN's benchmark picks the fastest convolution algorithms per input shape: worth
+      it for fixed shapes (training, fixed-size evaluation), a new search per image for
+      variable ones (dense evaluation of photos), and off when ``deterministic`` (the
+      fastest may differ between runs).
+    - fp32 matrix multiplies use TF32 on Ampere and later only in training, as cuDNN's
+      convolutions already do by default; evaluation keeps full fp32 matmuls, so its fp32
+      classifier head (``evaluate.fp32_head``) is fp32 indeed."""
+    return CudaTuning(autotune=fixed_shapes and not deterministic,
+                      tf32_matmul=training and capability >= (8, 0))
+
+
+def prepare_cuda(device: torch.device, deterministic: bool, *, fixed_shapes: bool = False,
+                 training: bool = False) -> None:
+    """Make ``device`` current and tune cuDNN/cuBLAS for a run on it (:func:`cuda_tuning`).
+
+    ``deterministic``: cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` before CUDA starts; set
+    here when absent, which is early enough as long as nothing used CUDA before.
     """
     if deterministic and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
         if torch.cuda.is_initialized():
@@ -179,9 +196,34 @@ def prepare_cuda(device: torch.device, deterministic: bool) -> None:
     if device.type != "cuda":
         return
     torch.cuda.set_device(device)
-    torch.backends.cudnn.benchmark = not deterministic
-    if torch.cuda.get_device_capability(device) >= (8, 0):
-        torch.set_float32_matmul_precision("high")
+    tuning = cuda_tuning(torch.cuda.get_device_capability(device), deterministic, fixed_shapes, training)
+    torch.backends.cudnn.benchmark = tuning.autotune
+    torch.set_float32_matmul_precision("high" if tuning.tf32_matmul else "highest")
+
+
+def prepare_process(device: torch.device, deterministic: bool = False, *, fixed_shapes: bool = False,
+                    training: bool = False) -> None:
+    """The process set-up every command that runs models shares (fit through
+    ``distributed.setup``, the benchmarks directly): :func:`prepare_cuda` on CUDA,
+    :func:`tune_cpu_process` on CPU."""
+    prepare_cuda(device, deterministic, fixed_shapes=fixed_shapes, training=training)
+    if device.type == "cpu":
+        tune_cpu_process()
+
+
+@contextmanager
+def exact_fp32() -> Iterator[None]:
+    """fp32 matmuls and convolutions without TF32 inside (cuDNN uses TF32 for fp32
+    convolutions by default on Ampere and later, and training sets matmuls to TF32 too);
+    the settings are restored on exit."""
+    precision, conv_tf32 = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.allow_tf32 = conv_tf32
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

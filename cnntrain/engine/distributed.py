@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cnntrain.engine.dataparallel import data_parallel
-from cnntrain.engine.device import prepare_cuda, resolve_device, seed_everything, tune_cpu_process
+from cnntrain.engine.device import prepare_process, resolve_device, seed_everything
 from cnntrain.errors import CnnTrainError
 from cnntrain.models.drops import skips_parameters
 
@@ -77,10 +77,10 @@ def env_from_environ() -> DistEnv:
 def _rank_device(spec: str, env: DistEnv) -> torch.device:
     if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    device = resolve_device(spec)
+    device = resolve_device(spec)  # checks it (resolved, "cuda" names cuda:0)
     if device.type != "cuda":
         return device
-    if device.index is not None:
+    if spec != "auto" and torch.device(spec).index is not None:
         raise CnnTrainError(f"--device {spec} picks one GPU, but this job runs {env.world} processes that "
                             "each use cuda:LOCAL_RANK; pass --device cuda")
     count = torch.cuda.device_count()
@@ -92,16 +92,15 @@ def _rank_device(spec: str, env: DistEnv) -> torch.device:
     return torch.device("cuda", env.local_rank)
 
 
-def setup(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S,
-          deterministic: bool = False) -> tuple[DistEnv, torch.device]:
+def setup(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S, deterministic: bool = False, *,
+          fixed_shapes: bool = False, training: bool = False) -> tuple[DistEnv, torch.device]:
     """Join the process group if this process was launched as one of several, pick its
-    device (and tune the process for it). Processes other than rank 0 stop printing to
+    device (and tune the process for it: ``fixed_shapes`` and ``training`` as
+    :func:`device.cuda_tuning` takes them). Processes other than rank 0 stop printing to
     stdout."""
     env = env_from_environ()
     dev = resolve_device(device) if not env.enabled else _rank_device(device, env)
-    prepare_cuda(dev, deterministic)
-    if dev.type == "cpu":
-        tune_cpu_process()
+    prepare_process(dev, deterministic, fixed_shapes=fixed_shapes, training=training)
     if not env.enabled:
         return env, dev
     if not dist.is_initialized():
@@ -148,8 +147,10 @@ def per_process_batch(global_batch: int, env: DistEnv, accumulate: int = 1) -> i
                             f"{env.world} processes; use a multiple of {env.world}")
     per = global_batch // env.world
     if per % accumulate:
-        raise CnnTrainError(f"each of the {env.world} processes reads {per} samples per step, which "
-                            f"train.accumulate = {accumulate} cannot cut into equal micro-batches")
+        who = (f"each of the {env.world} processes reads {per} samples per step, which" if env.world > 1
+               else f"optim.batch_size {per}, which")
+        raise CnnTrainError(f"{who} train.accumulate = {accumulate} cannot cut into equal micro-batches; "
+                            f"use a batch size that is a multiple of {accumulate * env.world}")
     return per
 
 

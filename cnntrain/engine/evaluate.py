@@ -6,6 +6,8 @@ an ensemble averages its members' probabilities (default) or logits.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +19,9 @@ from tqdm import tqdm
 from cnntrain.data import BatchPrep, DataBundle, build_data, default_workers, make_loader, recorded, val_loader
 from cnntrain.engine import collectives, distributed
 from cnntrain.engine.checkpoint import build_from_checkpoint, load_checkpoint
-from cnntrain.engine.device import Precision, ahead_to_device, choose_precision, prepare_cuda, resolve_device
+from cnntrain.engine.device import (
+    Precision, ahead_to_device, choose_precision, exact_fp32, prepare_cuda, resolve_device,
+)
 from cnntrain.engine.metrics import Meter
 from cnntrain.engine.options import EnsembleOptions, EvalOptions
 from cnntrain.engine.paperline import accuracy_ks, accuracy_text, distinct_views, paper_lines
@@ -39,13 +43,15 @@ def member_scores(model: nn.Module, x: torch.Tensor, crops: int) -> tuple[torch.
 
 @torch.no_grad()
 def evaluate(models: list[nn.Module], loader, preps: list[BatchPrep], device: torch.device,
-             precision: Precision, ks: tuple[int, ...], combine: str | None = None,
+             precision: Precision | list[Precision], ks: tuple[int, ...], combine: str | None = None,
              progress: bool = False, views: int = 0, sink: Collector | None = None) -> tuple[list[Meter], list]:
     """Meters for each model, plus one for their combination when ``combine`` is given;
-    and the unreadable samples met on the way. ``views``: rows each model returns per
+    and the unreadable samples met on the way. ``precision``: one policy for all models,
+    or each model's own (an ensemble's members keep their recipes' autocast). ``views``: rows each model returns per
     image of a 4-d batch (a dense protocol's scales and mirrors); a 5-d batch of crops
     says its own. A ``sink`` also receives every batch's per-member logits and
     probabilities (for reports and saved outputs)."""
+    policies = precision if isinstance(precision, list) else [precision] * len(models)
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
@@ -60,8 +66,8 @@ def evaluate(models: list[nn.Module], loader, preps: list[BatchPrep], device: to
             crops = images.shape[1] if images.ndim == 5 else views
             y = target.to(device, non_blocking=True)
             all_logits, all_probs = [], []
-            for model, prep, meter in zip(models, preps, meters):
-                with precision.autocast(device):
+            for model, prep, meter, policy in zip(models, preps, meters, policies):
+                with policy.autocast(device):
                     logits, probs = member_scores(model, prep(images), crops)
                 if crops:  # losses stay tensors: the meters add them up on the device
                     meter.update(probs, y, F.nll_loss(probs.clamp_min(1e-12).log(), y))
@@ -86,20 +92,42 @@ def evaluate(models: list[nn.Module], loader, preps: list[BatchPrep], device: to
 # --------------------------------------------------------------------------- commands
 
 
+def _heads(model: nn.Module, num_classes: int) -> list[nn.Module]:
+    """The classifier layers: every Linear or Conv2d with ``num_classes`` outputs."""
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+            and getattr(m, "out_features", getattr(m, "out_channels", None)) == num_classes]
+
+
+def _exact(inner):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False), exact_fp32():
+            return inner(x.float())
+    return forward
+
+
 def fp32_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Run the classifier (every Linear or Conv2d with ``num_classes`` outputs) in fp32,
-    outside autocast: paper-comparison numbers must not depend on bf16/fp16 rounding of
-    the logits (a tie-break, a 0.01-point difference). The body keeps the run's precision."""
-    for module in model.modules():
-        width = getattr(module, "out_features", getattr(module, "out_channels", None))
-        if isinstance(module, (nn.Linear, nn.Conv2d)) and width == num_classes:
-            inner = module.forward
-
-            def forward(x: torch.Tensor, inner=inner) -> torch.Tensor:
-                with torch.autocast(x.device.type, enabled=False):
-                    return inner(x.float())
-            module.forward = forward
+    outside autocast and without TF32: paper-comparison numbers must not depend on
+    bf16/fp16/TF32 rounding of the logits (a tie-break, a 0.01-point difference). The body
+    keeps the run's precision. Changes ``model`` in place and returns it."""
+    for module in _heads(model, num_classes):
+        module.forward = _exact(module.forward)
     return model
+
+
+@contextmanager
+def fp32_head_during(model: nn.Module, num_classes: int) -> Iterator[nn.Module]:
+    """:func:`fp32_head` for a while (validation of a model that goes on training)."""
+    heads = [(m, m.__dict__.get("forward")) for m in _heads(model, num_classes)]
+    fp32_head(model, num_classes)
+    try:
+        yield model
+    finally:
+        for module, before in heads:
+            if before is None:
+                del module.forward
+            else:
+                module.forward = before
 
 
 def load_member(path: str, device: torch.device) -> tuple[nn.Module, dict, Recipe, Precision]:
@@ -201,7 +229,8 @@ def finish(m: Measured, opts: EvalOptions, bundle: DataBundle, member: tuple, pa
 
 def eval_checkpoint(opts: EvalOptions) -> dict[str, Any]:
     path, split = opts.checkpoint, opts.split
-    env, dev = distributed.setup(opts.device)  # several processes under torchrun or `eval --nproc`
+    # Several processes under torchrun or `eval --nproc`; every batch has the recipe's crop size.
+    env, dev = distributed.setup(opts.device, fixed_shapes=True)
     member = load_member(path, dev)
     _, meta, recipe, _ = member
     crops = opts.crops or recipe.eval.crops
@@ -226,9 +255,9 @@ def eval_checkpoint(opts: EvalOptions) -> dict[str, Any]:
 def ensemble_checkpoints(opts: EnsembleOptions) -> dict[str, Any]:
     paths, topk, combine, crops = opts.checkpoints, opts.topk or 5, opts.combine, opts.crops or 1
     dev = resolve_device(opts.device)
-    prepare_cuda(dev, deterministic=False)
+    prepare_cuda(dev, deterministic=False, fixed_shapes=True)
     members = [load_member(p, dev) for p in paths]
-    first_meta, first_recipe, precision = members[0][1], members[0][2], members[0][3]
+    first_meta, first_recipe = members[0][1], members[0][2]
     for path, (_, meta, recipe, _) in zip(paths[1:], members[1:]):
         same_view = (recipe.data.train_size, recipe.data.eval_resize, meta["in_channels"]) == (
             first_recipe.data.train_size, first_recipe.data.eval_resize, first_meta["in_channels"])
@@ -246,11 +275,11 @@ def ensemble_checkpoints(opts: EnsembleOptions) -> dict[str, Any]:
     loader = make_loader(bundle.val, opts.batch_size or first_recipe.eval.batch_size or first_recipe.optim.batch_size,
                          workers=default_workers(bundle.kind) if opts.workers is None else opts.workers,
                          pin_memory=dev.type == "cuda")
-    # Each member's inputs in its own memory format; autocast as the first member's recipe says.
+    # Each member's inputs in its own memory format, and its forward under its own recipe's autocast.
     preps = [BatchPrep(tuple(m["mean"]), tuple(m["std"]), dev, p.channels_last) for _, m, _, p in members]
     sink = Collector() if opts.report else None
     ks, k_note = accuracy_ks(topk, bundle.num_classes)  # each top-K once, K at most the classes
-    meters, skipped = evaluate([m for m, _, _, _ in members], loader, preps, dev, precision, ks,
+    meters, skipped = evaluate([m for m, _, _, _ in members], loader, preps, dev, [p for *_, p in members], ks,
                                combine=combine, progress=opts.progress, sink=sink)
     results = []
     for path, (_, meta, _, _), meter in zip(paths, members, meters):

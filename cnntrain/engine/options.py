@@ -26,9 +26,7 @@ def parse_scales(text: str | None) -> list[int] | None:
         scales = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise CnnTrainError(f"--scales {text!r}: expected integers, e.g. 256,384,512") from None
-    if any(v <= 0 for v in scales):
-        raise CnnTrainError(f"--scales {text!r}: scales must be positive")
-    return scales
+    return scales  # EvalOptions checks that they are positive (for the Python API too)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -122,7 +120,7 @@ class EvalOptions(ViewOptions):
         if self.split not in SPLITS:
             raise CnnTrainError(f"--split {self.split!r}: use val or train")
         if self.scales is not None and any(v <= 0 for v in self.scales):
-            raise CnnTrainError(f"--scales {self.scales}: scales must be positive")
+            raise CnnTrainError(f"--scales {','.join(map(str, self.scales))}: scales must be positive")
         _at_least(1, nproc=self.nproc)
 
 

@@ -32,10 +32,12 @@ def _scorer(model, meta, protocol, scales, size):
 
 def eval_protocol(opts: EvalOptions) -> dict[str, Any]:
     path, split = opts.checkpoint, opts.split
-    env, dev = distributed.setup(opts.device)
+    protocol = get_protocol(opts.protocol)
+    # A dense protocol scores whole images at several scales (photos: each its own size),
+    # so cuDNN's per-shape autotuning would search again and again.
+    env, dev = distributed.setup(opts.device, fixed_shapes=not protocol.dense)
     member = load_member(path, dev)
     model, meta, recipe, _ = member
-    protocol = get_protocol(opts.protocol)
     size = recipe.data.eval_size or recipe.data.train_size  # the recipe's test crop (train low, test high)
     scales, chosen = protocol_scales(protocol, recipe, opts.scales)
     transform = protocol_transform(protocol, size, scales)

@@ -39,7 +39,7 @@ from cnntrain.data.views import progressive_size
 from cnntrain.engine import collectives, distributed, factory, requeue, runfolder
 from cnntrain.engine.checkpoint import model_meta
 from cnntrain.engine.device import ahead_to_device, seed_everything
-from cnntrain.engine.evaluate import evaluate
+from cnntrain.engine.evaluate import evaluate, fp32_head_during
 from cnntrain.engine.guards import EXIT_NONFINITE, Guards, NonFiniteLoss, stopped  # noqa: F401 - re-exported
 from cnntrain.engine.metrics import Meter, RunLog, epoch_line, run_log
 from cnntrain.engine.mixing import mixes
@@ -60,7 +60,8 @@ POSTFIX_EVERY = 25  # steps between progress-bar figures (each read waits for th
 class Trainer:
     def __init__(self, recipe: Recipe, opts: FitOptions) -> None:
         self.recipe, self.out = recipe, Path(opts.out)
-        self.env, self.device = distributed.setup(opts.device, recipe.train.dist_timeout, recipe.train.deterministic)
+        self.env, self.device = distributed.setup(opts.device, recipe.train.dist_timeout, recipe.train.deterministic,
+                                                   fixed_shapes=True, training=True)
         # A process the elastic agent restarted continues the run it was part of.
         resume = opts.resume or ("auto" if distributed.restart_count() else None)
         self.opts = dataclasses.replace(opts, progress=opts.progress and self.env.is_main, resume=resume)
@@ -150,10 +151,8 @@ class Trainer:
                     p.step += 1
                     p.epoch_step += 1
                     self.watchdog.beat()
-                    if p.step % POSTFIX_EVERY == 0:  # reading the meter waits for the device
-                        bar.set_postfix(loss=f"{p.meter.loss:.3f}", top1=f"{p.meter.accuracy(1):.1f}",
-                                        lr=f"{lr:.3g}", ips=f"{seen / max(time.perf_counter() - start, 1e-9):.0f}",
-                                        refresh=False)
+                    if self.opts.progress and p.step % POSTFIX_EVERY == 0:  # a read waits for the device
+                        self._show(bar, lr, seen / max(time.perf_counter() - start, 1e-9))
                     if stop:
                         self._save()
                         raise self._stopped(f"after step {p.step} (epoch {p.epoch + 1})")
@@ -286,14 +285,23 @@ class Trainer:
         """The top-K measured: eval.topk clipped to the class count (a 2-class run has no top-5)."""
         return accuracy_ks(self.recipe.eval.topk, self.data.num_classes)
 
+    def _show(self, bar, lr: float, images_per_s: float) -> None:
+        """The progress bar's figures: one read of the meter (rank 0 with a bar only)."""
+        now = self.progress.meter.result()
+        bar.set_postfix(loss=f"{now['loss']:.3f}", top1=f"{now['top1']:.1f}", lr=f"{lr:.3g}",
+                        ips=f"{images_per_s:.0f}", refresh=False)
+
     def validate(self) -> dict[str, Any]:
         if self.val_loader is None:
             return {}
         ks = self._ks()[0]
         ema = self.parts.ema
         model = ema.module if ema is not None else distributed.eval_model(self.model)
-        (meter,), skipped = evaluate([model], self.val_loader, [self.parts.prep], self.device,
-                                     self.parts.precision, ks, progress=self.opts.progress)
+        # The classifier in fp32, as `cnntrain eval` computes it: best.pt is chosen on the
+        # same logits the paper comparison later reads.
+        with fp32_head_during(model, self.data.num_classes):
+            (meter,), skipped = evaluate([model], self.val_loader, [self.parts.prep], self.device,
+                                         self.parts.precision, ks, progress=self.opts.progress)
         self.guards.note_skipped(skipped, training=False)
         self.watchdog.beat()
         meter = collectives.reduce_meter(meter, self.env, self.device)  # each sample once, over all shards

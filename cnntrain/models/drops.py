@@ -17,9 +17,19 @@ _GENERATOR = torch.Generator()
 _GENERATOR.manual_seed(0)
 
 
-def reseed(seed: int, step: int) -> None:
-    """Start the draws of training step ``step`` (the same on every process)."""
+def reseed(seed: int, step: int, model: nn.Module | None = None) -> None:
+    """Start the draws of training step ``step`` (the same on every process), and refill
+    ``model``'s ``drop_draws`` buffers (where it has any) from them.
+
+    A buffer of draws is how a compiled forward gets the step's shared draws: torch.compile
+    cannot trace a draw from a generator (a graph break each), but it reads a buffer
+    like any other input. The buffer is refilled here, outside the graph, by one
+    asynchronous host-to-device copy (no synchronisation)."""
     _GENERATOR.manual_seed((seed * 1_000_003 + step) % (2**63))
+    for module in model.modules() if model is not None else ():
+        draws = getattr(module, "drop_draws", None)
+        if isinstance(draws, torch.Tensor):
+            draws.copy_(torch.rand(draws.shape, generator=_GENERATOR), non_blocking=True)
 
 
 def uniform() -> float:

@@ -25,9 +25,14 @@ one column alone. ``dropout`` is the per-block step: 0.1 gives the paper's rates
 Paths that drop blocks leave parameters without gradient for that step: under
 DistributedDataParallel these models are wrapped with ``find_unused_parameters=True``.
 The draws come from :mod:`cnntrain.models.drops`: the same on every process, a function
-of (seed, step). Drop-path decides which layers run, so under ``torch.compile`` each
-decision is a graph break (and new join patterns recompile); compile FractalNet only to
-evaluate it.
+of (seed, step). In eager training a dropped path is not computed. Under
+``torch.compile`` a Python-level decision would break the graph at every draw, so there
+the decisions are 0/1 tensors made from the step's shared draws (the ``drop_draws``
+buffer, refilled by ``drops.reseed`` before each step; the same on every process):
+every path runs and each join averages the paths its mask keeps, with the same
+probabilities as in eager mode (global column, local drops, at least one kept). The cost
+is the dropped paths' compute, and their BatchNorm statistics being updated in steps
+where the paper's path would not run (as compiled stochastic depth does).
 """
 from __future__ import annotations
 
@@ -76,6 +81,44 @@ class FractalBlock(nn.Module):
             keep[int(_draw() * n)] = True
         return keep
 
+    @property
+    def draws_needed(self) -> int:
+        """Draws per step for :meth:`masked_forward`: one per input of each join, plus one
+        for the "keep one" fallback."""
+        return self.depth * (self.num_columns + 1)
+
+    def _keep_mask(self, draws: torch.Tensor, members: list[int], global_on: torch.Tensor,
+                   column: torch.Tensor) -> torch.Tensor:
+        """Which of a join's inputs survive, as a bool tensor: :meth:`_kept`'s rule (or
+        the global column's) applied to this join's row of the step's draws."""
+        n = len(members)
+        if n == 1 or self.p_local <= 0:
+            local = torch.ones(n, dtype=torch.bool, device=draws.device)
+        else:
+            local = draws[:n] >= self.p_local
+            pick = torch.arange(n, device=draws.device) == (draws[-1] * n).long().clamp(max=n - 1)
+            local = torch.where(local.any(), local, pick)
+        chosen = torch.tensor(members, device=draws.device) == column
+        return torch.where(global_on, chosen, local)
+
+    def masked_forward(self, x: torch.Tensor, draws: torch.Tensor, global_on: torch.Tensor,
+                       column: torch.Tensor) -> torch.Tensor:
+        """Training forward with tensor decisions (compiled): every path runs, each join
+        averages the kept ones. ``draws``: (depth, columns + 1) uniforms for this block."""
+        current = [x] * self.num_columns
+        for t in range(1, self.depth + 1):
+            members = [c for c in range(self.num_columns) if t % self._span(c) == 0]
+            outs = torch.stack([self.columns[c][t // self._span(c) - 1](current[c]) for c in members])
+            keep = self._keep_mask(draws[t - 1], members, global_on, column).to(outs.dtype)
+            count = keep.sum()
+            kept = (outs * keep.view(-1, *[1] * (outs.ndim - 1))).sum(0) / count.clamp_min(1)
+            # A join none of whose inputs is on the global column feeds nothing the output
+            # uses; the plain mean keeps real activations (not zeros) in the units after it.
+            joined = torch.where(count > 0, kept, outs.mean(0))
+            for c in members:
+                current[c] = joined
+        return joined
+
     def column_forward(self, x: torch.Tensor, c: int) -> torch.Tensor:
         """Column c alone (global drop-path, or evaluating one column)."""
         for unit in self.columns[c]:
@@ -116,6 +159,9 @@ class FractalNet(drops.SkipsParameters, nn.Module):
         self.pool = nn.MaxPool2d(2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # 1x1 already at 32x32; lets other sizes through
         self.fc = nn.Linear(cin, num_classes)
+        # The step's drop draws for compiled training (drops.reseed refills it); not saved.
+        self.register_buffer("drop_draws", torch.zeros(2 + sum(b.draws_needed for b in self.blocks)),
+                             persistent=False)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(m.weight)
@@ -129,11 +175,26 @@ class FractalNet(drops.SkipsParameters, nn.Module):
         return None if self.training else self.eval_column
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.compiler.is_compiling():
+            return self._masked_forward(x)
         column = self.sample_column()
         for block in self.blocks:
-            x = block(x, column)
-            if x.shape[-1] > 1 and x.shape[-2] > 1:  # small inputs stop pooling at 1x1
-                x = self.pool(x)
+            x = self._pool(block(x, column))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x) if x.shape[-1] > 1 and x.shape[-2] > 1 else x  # small inputs stop at 1x1
+
+    def _masked_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`sample_column`'s and the joins' decisions as tensors from ``drop_draws``."""
+        d = self.drop_draws
+        global_on = d[0] < self.global_ratio
+        column = (d[1] * self.num_columns).long().clamp(max=self.num_columns - 1)
+        start = 2
+        for block in self.blocks:
+            rows = d[start:start + block.draws_needed].view(block.depth, block.num_columns + 1)
+            start += block.draws_needed
+            x = self._pool(block.masked_forward(x, rows, global_on, column))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
