@@ -12,7 +12,9 @@ FIRST_RECIPES = ["lenet5", "resnet20", "resnet56", "resnet110", "resnet18", "res
 def test_every_recipe_loads_and_cites_its_paper(name):
     r = load_recipe(name)
     assert r.paper.cite and r.paper.title
-    assert r.paper.reported, f"{name} lacks the paper's reported error"
+    # A number that could not be checked is left out (issue 15), and the recipe says so.
+    assert r.paper.reported or r.paper.protocol.startswith("No number entered"), \
+        f"{name} lacks the paper's reported error and does not say why"
 
 
 def test_first_recipes_exist():
