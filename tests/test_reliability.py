@@ -167,6 +167,21 @@ def test_a_dying_loader_worker_ends_the_run_naming_its_file(tmp_path, sig):
     assert f"killed by {sig}) while decoding {root / 'train' / 'cat' / 'poison.png'}" in err
 
 
+def test_a_dying_loader_worker_ends_eval_and_predict_too(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "data", size=(12, 12))
+    assert run_cli([*SHORT, "--data", root, "--out", tmp_path / "run"], capsys)[0] == 0
+    poison = root / "val" / "cat" / "poison.png"
+    poison.write_bytes((root / "val" / "cat" / "img1.png").read_bytes())
+    for args in (["eval", tmp_path / "run" / "best.pt", "--data", root],
+                 ["predict", tmp_path / "run" / "best.pt", root / "val"]):
+        start = time.monotonic()
+        proc = cli_process([*args, "--workers", "2", "--batch-size", "1"], CNNTRAIN_TEST_POISON="SIGSEGV")
+        _, err = proc.communicate(timeout=120)
+        assert time.monotonic() - start < 100, args  # no worker left behind to hold the exit
+        one_line_error(proc.returncode, err.strip().splitlines()[-1] if err.strip() else "", "a data-loading process died")
+        assert f"killed by SIGSEGV) while decoding {poison}" in err and "run again" in err, err
+
+
 # --------------------------------------------------------------------------- hangs and schedulers
 
 
