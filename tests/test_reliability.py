@@ -81,6 +81,9 @@ def test_changed_recipe_refuses_to_resume_unless_forced(tmp_path, capsys):
     assert run_cli([*SHORT, "--out", out], capsys)[0] == 0
     code, _, err = run_cli([*SHORT, "--out", out, "--resume", "auto", "--lr", "0.1"], capsys)
     one_line_error(code, err, "the recipe differs in optim.lr 0.05 -> 0.1")
+    # what the dying-worker error advises: lower data.max_pixels, then --resume auto
+    code, _, err = run_cli([*SHORT, "--out", out, "--resume", "auto", "--set", "data.max_pixels=1000000"], capsys)
+    assert code == 0, err
     code, text, err = run_cli([*SHORT, "--out", out, "--resume", "auto", "--lr", "0.1", "--resume-force",
                                "--workers", "1", "--set", "train.save_every_steps=3"], capsys)
     assert code == 0 and "--resume-force" in text, err  # workers and save interval may differ freely
@@ -245,6 +248,8 @@ def test_every_command_answers_a_bad_path_with_one_line(tmp_path, capsys):
     a_file.write_text("not a checkpoint")
     a_dir.mkdir()
     missing, unwritable = tmp_path / "missing", a_file / "sub"  # a path under a file can never be created
+    assert run_cli([*SHORT, "--out", tmp_path / "run"], capsys)[0] == 0
+    ck, image = tmp_path / "run" / "best.pt", write_image_folder(tmp_path / "images", per_class=1) / "train" / "cat" / "img0.jpg"
     cases = [
         (["fit", "--recipe", missing / "r.toml"], "does not exist"),
         (["fit", "--recipe", "lenet5", "--data", missing], "no such file or folder"),
@@ -263,6 +268,26 @@ def test_every_command_answers_a_bad_path_with_one_line(tmp_path, capsys):
         (["bench", "data", "--data", missing], str(missing)),
         (["bench", "decode", "--data", a_file], str(a_file)),
         (["bench", "make-jpegs", unwritable, "--count", "1"], str(unwritable)),
+        (["bench", "make-cifar", a_file, "--count", "5", "--test", "1"], "is a file, not a folder"),
+        (["bench", "make-cifar", unwritable, "--count", "5", "--test", "1"], f"{a_file} is a file, not a folder"),
+        (["bench", "train", "--recipe", "lenet5", "--device", "cpu", "--steps", "1", "--repeats", "1", "--warmup", "0",
+          "--batch-size", "4", "--json", unwritable / "b.json"], f"{a_file} is a file, not a folder"),
+        (["predict", missing, a_file], "does not exist"),
+        (["predict", ck, missing], "no such file or folder"),
+        (["predict", ck, image, "--csv", a_dir], "is a folder; give a file path"),
+        (["predict", ck, image, "--json", unwritable / "p.json"], f"{a_file} is a file, not a folder"),
+        (["eval", ck, "--json", unwritable / "e.json"], f"{a_file} is a file, not a folder"),
+        (["export", missing, "--format", "safetensors", "--out", tmp_path / "x.st"], "does not exist"),
+        (["export", ck, "--format", "safetensors", "--out", a_dir], "is a folder; give a file path"),
+        (["export", ck, "--format", "safetensors", "--out", unwritable / "x.st"], f"{a_file} is a file, not a folder"),
+        (["plot", missing], str(missing)),
+        (["plot", tmp_path / "run", "--out", a_dir], "is a folder; give a file path"),
+        (["runs", missing], "is not a folder"),
+        (["runs", a_file], "is not a folder"),
+        (["data", "check", a_file], "is a file, not a folder"),
+        (["data", "check", missing], "no such folder"),
+        (["data", "imagenet-val", missing, "--labels", missing / "l.csv"], "no such file"),
+        (["data", "imagenet-val", a_dir, "--labels", a_file, "--out", a_file], "is a file, not a folder"),
     ]
     wrong = []
     for args, fragment in cases:

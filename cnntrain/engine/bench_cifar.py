@@ -28,6 +28,7 @@ from cnntrain.engine import factory
 from cnntrain.engine.device import resolve_device, tune_cpu_process
 from cnntrain.engine.options import BenchDataOptions
 from cnntrain.errors import CnnTrainError
+from cnntrain.output import output_folder
 from cnntrain.recipe import load_recipe
 
 # The baseline's view (32x32 crop of the 4-pixel zero-padded image, flip), whatever the
@@ -43,7 +44,7 @@ def make_cifar(out: Path, count: int = 50_000, test: int = 10_000, seed: int = 0
     if count < 5 or test < 1:
         raise CnnTrainError("--count must be at least 5 (five training batches) and --test at least 1")
     rng = np.random.default_rng(seed)
-    folder = out / CIFAR10_DIR
+    folder = output_folder(Path(out), "bench make-cifar") / CIFAR10_DIR
     folder.mkdir(parents=True, exist_ok=True)
     sizes = [count // 5 + (i < count % 5) for i in range(5)]
     for name, n in [*zip(CIFAR10_TRAIN, sizes), ("test_batch", test)]:
