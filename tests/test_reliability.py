@@ -56,8 +56,9 @@ def test_damaged_checkpoints_are_passed_over_and_refused(tmp_path, capsys):
     data = bytearray((out / "last.pt").read_bytes())
     data[len(data) // 2] ^= 0x01  # one flipped bit: still a valid zip archive
     (out / "last.pt").write_bytes(bytes(data))
-    code, _, err = run_cli(["eval", out / "last.pt"], capsys)
-    one_line_error(code, err, "is damaged: its SHA-256 differs")
+    for args in (["eval", out / "last.pt"], ["predict", out / "last.pt", tmp_path],
+                 ["export", out / "last.pt", "--format", "safetensors", "--out", tmp_path / "x.st"]):
+        one_line_error(*run_cli(args, capsys)[::2], "is damaged: its SHA-256 differs")
     code, text, err = run_cli([*SHORT, "--out", out, "--resume", "auto", "--set", "train.save_every_steps=2"], capsys)
     assert code == 0, err
     assert f"passing over damaged {out / 'last.pt'}" in text and f"prev.pt at epoch 0, step {prev_step}" in text
@@ -159,15 +160,19 @@ def test_mostly_unreadable_data_stops_the_run(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("sig", ["SIGSEGV", "SIGKILL"])
-def test_a_dying_loader_worker_ends_the_run_naming_its_file(tmp_path, sig):
+def test_a_dying_loader_worker_ends_the_run_naming_its_file(tmp_path, capsys, sig):
     root = write_image_folder(tmp_path / "data", size=(12, 12))
+    assert run_cli([*SHORT, "--data", root, "--out", tmp_path / "run"], capsys)[0] == 0  # a checkpoint to keep
     (root / "train" / "cat" / "poison.png").write_bytes((root / "train" / "cat" / "img1.png").read_bytes())
     start = time.monotonic()
-    proc = cli_process([*SHORT, "--data", root, "--workers", "2", "--out", tmp_path / "run"], CNNTRAIN_TEST_POISON=sig)
+    proc = cli_process([*SHORT, "--data", root, "--workers", "2", "--out", tmp_path / "run", "--resume", "auto",
+                        "--set", "train.iterations=12"], CNNTRAIN_TEST_POISON=sig)
     _, err = proc.communicate(timeout=120)
     assert time.monotonic() - start < 100  # exits: no worker left to join at interpreter exit
     one_line_error(proc.returncode, err.strip().splitlines()[-1] if err.strip() else "", "a data-loading process died")
     assert f"killed by {sig}) while decoding {root / 'train' / 'cat' / 'poison.png'}" in err
+    assert "then continue with --resume auto" in err
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] >= 6  # the latest checkpoint is intact (verified)
 
 
 def test_a_dying_loader_worker_ends_eval_and_predict_too(tmp_path, capsys):
