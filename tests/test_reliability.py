@@ -245,6 +245,34 @@ def test_a_rank_killed_mid_epoch_restarts_and_ends_bitwise_equal(tmp_path):
     assert equal_weights(tmp_path / "plain" / "last.pt", tmp_path / "killed" / "last.pt")
 
 
+def test_torchrun_max_restarts_resumes_the_restarted_group(tmp_path):
+    """torchrun's own agent (not fit --nproc): the restarted processes see
+    TORCHELASTIC_RESTART_COUNT > 0 and resume by themselves."""
+    tiny = [*ELASTIC[1:ELASTIC.index("--epochs")], "--epochs", "1", "--set", "train.save_every_steps=2",
+            "--device", "cpu", "--workers", "0", "--no-progress", "--out", str(tmp_path / "run")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "CNNTRAIN_TEST_KILL_AT": "3",
+           "PYTHONPATH": os.pathsep.join([str(HOOKS), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "--max-restarts", "1", "--monitor-interval", "0.1", "-m", "cnntrain", "fit", *tiny],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "last.pt at epoch 0, step 2 (2 into epoch 1)" in done.stdout  # rank 1 died before step 4
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 4
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process_with_a_note(tmp_path, capsys):
+    tiny = [*ELASTIC[:ELASTIC.index("--epochs")], "--device", "cpu", "--workers", "0", "--no-progress"]  # 4 steps an epoch
+    out = tmp_path / "run"
+    proc = cli_process([*tiny, "--epochs", "1", "--nproc", "2", "--out", out])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert load_checkpoint(out / "last.pt")["world"] == 2
+    code, text, err = run_cli([*tiny, "--epochs", "2", "--out", out, "--resume", "auto"], capsys)
+    assert code == 0, err
+    assert "written by 2 process(es), this run has 1" in text and "no longer bitwise comparable" in text
+    assert load_checkpoint(out / "last.pt")["step"] == 8
+
+
 # --------------------------------------------------------------------------- bad paths
 
 
