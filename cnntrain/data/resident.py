@@ -79,7 +79,9 @@ def why_not_resident(recipe: Recipe, dataset) -> str | None:
     if not isinstance(dataset, (TensorImages, SyntheticImages)):
         return "only CIFAR, digits and synthetic data can be held on the device (a folder is read per file)"
     if aug.crop not in RESIDENT_CROPS:
-        return f'augment.crop = "{aug.crop}" resizes every image differently; device-resident data takes pad or none'
+        how = ("resizes each image to its shorter side augment.resize before the crop" if aug.crop == "random"
+               else "resizes every image differently")
+        return f'augment.crop = "{aug.crop}" {how}; device-resident data holds images at their stored size and takes pad or none'
     if any(aug.color_jitter):
         return "augment.color_jitter is drawn per image; device-resident data takes crop and flip only"
     return per_image_only(recipe)
