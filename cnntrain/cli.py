@@ -24,7 +24,7 @@ from cnntrain.errors import CnnTrainError
 from cnntrain.engine.options import (BenchDataOptions, BenchDecodeOptions, BenchTrainOptions, EnsembleOptions,
                                      EvalOptions, FitOptions, parse_scales, parse_seeds)
 from cnntrain.models import aux_head_params, build_model, inference_params, list_models, model_info
-from cnntrain.output import write_json
+from cnntrain.output import output_folder, write_json
 from cnntrain.recipe import load_recipe, recipe_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -454,7 +454,7 @@ def data_imagenet_val(
     """Hard-link ImageNet's flat validation images into class folders (OUT/WNID/*.JPEG)."""
     from cnntrain.data.imagenet_val import arrange
 
-    target = out or val_dir
+    target = output_folder(out, "--out", create=False) if out is not None else val_dir
     r = arrange(val_dir, labels, target)
     typer.echo(f"{target}: {r.linked} linked, {r.copied} copied (another file system), {r.present} already there; "
                f"{len(r.missing)} labelled but absent, {len(r.unlabelled)} without a label")

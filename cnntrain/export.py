@@ -30,6 +30,7 @@ from cnntrain.engine.modelbuild import model_from_recipe
 from cnntrain.engine.step import main_output
 from cnntrain.errors import CnnTrainError, first_line
 from cnntrain.models.torchvision_names import torchvision_name
+from cnntrain.output import output_file
 from cnntrain.recipe import Recipe, recipe_from_dict
 
 FORMATS = ("safetensors", "torchvision", "torchscript", "exported", "onnx")
@@ -146,7 +147,7 @@ def _source(path: str) -> Source:
 @torch.no_grad()
 def export(opts: ExportOptions) -> dict[str, Any]:
     src = _source(opts.checkpoint)
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    output_file(opts.out, "export --out")
     try:
         runner = WRITERS[opts.format](src, opts.out)
     except CnnTrainError:

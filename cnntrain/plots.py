@@ -27,12 +27,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
+from cnntrain.output import output_file  # noqa: E402
+
 DPI = 100
 COLORS = plt.get_cmap("tab10").colors
 
 
 def _save(fig: plt.Figure, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    path = output_file(path, "chart")
     fig.savefig(path, dpi=DPI, format="png")
     plt.close(fig)
 

@@ -23,6 +23,7 @@ def test_make_cifar_is_read_by_cnntrain_and_torchvision(tmp_path):
 def test_bench_data_on_cifar_compares_resident_with_torchvision(tmp_path, capsys):
     code, _, err = run_cli(["bench", "make-cifar", tmp_path / "c", "--count", "60", "--test", "2"], capsys)
     assert code == 0, err
+    threads = torch.get_num_threads()
     code, out, err = run_cli(["bench", "data", "--data", tmp_path / "c", "--workers", "0", "--batches", "2",
                               "--batch-size", "8", "--warmup", "1", "--repeats", "1", "--device", "cpu",
                               "--json", tmp_path / "r.json"], capsys)
@@ -31,6 +32,8 @@ def test_bench_data_on_cifar_compares_resident_with_torchvision(tmp_path, capsys
     assert "torchvision CIFAR10" in out and "device-resident" in out
     assert r["recipe"] == "resnet20" and r["images_in_folder"] == 60
     assert r["ratio"] == r["ours_images_per_s"] / r["baseline_images_per_s"] > 0
+    # on CPU the resident contender runs one intra-op thread, as each baseline worker does; restored after
+    assert r["ours_threads"] == 1 and "1 intra-op thread:" in out and torch.get_num_threads() == threads
     code, _, err = run_cli(["bench", "data", "--data", tmp_path / "c", "--batches", "20", "--batch-size", "8"], capsys)
     assert code == 2 and "make-cifar" in err
 

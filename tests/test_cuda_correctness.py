@@ -260,6 +260,19 @@ cuda = pytest.mark.cuda
 
 
 @cuda
+def test_cuda_dataparallel_bf16_fit(tmp_path):
+    """--strategy dp: DataParallel over the visible GPUs in one process (one GPU is enough),
+    with bf16 autocast inside each replica's forward."""
+    done = cli("fit", "--recipe", "resnet20", "--data", "synthetic", "--strategy", "dp", "--device", "cuda",
+               "--out", str(tmp_path / "run"), "--no-progress", "--set", "train.amp=bf16", "--set", "train.iterations=4",
+               "--set", "data.synthetic_train_samples=64", "--set", "data.synthetic_val_samples=32", "--batch-size", "16")
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not any(k.startswith("module.") for k in state["model"])  # saved unwrapped, loadable without DP
+
+
+@cuda
 def test_cuda_bf16_step_has_one_sync_and_tunes_cudnn(tmp_path):
     recipe = load_recipe("resnet20", ["optim.batch_size=32", "train.iterations=4", "train.amp=bf16"])
     trainer = Trainer(recipe, FitOptions(out=tmp_path, data="synthetic", device="cuda", progress=False, workers=0))
@@ -327,3 +340,22 @@ def test_gpu_check_script_runs_its_steps_on_cpu(tmp_path):
     assert steps["bench-data-jpeg"]["result"]["baseline_images_per_s"] > 0
     assert steps["fit-resnet20"]["result"]["epoch"] == 1 and "held on cpu" in steps["fit-resnet20"]["tail"]
     assert "bench-data-cifar" in done.stdout and "torchvision" in done.stdout
+    assert {step["status"] for step in steps.values() if "tail" in step} == {"pass"}
+
+
+def test_gpu_check_names_a_missing_dependency_before_any_step(tmp_path):
+    """A package pyproject.toml needs but the GPU's python lacks is named at once (exit 2),
+    instead of every step failing: a shim package makes `import matplotlib` fail."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "shim" / "matplotlib").mkdir(parents=True)
+    (tmp_path / "shim" / "matplotlib" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "PYTHONPATH": str(tmp_path / "shim")}
+    done = subprocess.run(["bash", str(root / "scripts" / "gpu-check"), "--cpu"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "missing Python packages: matplotlib>=3.7" in done.stderr and "WHEELS" in done.stderr
+    assert not list((tmp_path / "out").glob("*.log"))  # no step ran

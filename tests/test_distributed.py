@@ -188,6 +188,18 @@ def test_checkpoint_moves_between_process_counts(runs, tmp_path):
     assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5)
 
 
+def test_compile_under_ddp_on_cpu(tmp_path):
+    """train.compile=on with two gloo processes: torch compiles the DDP-wrapped model per
+    bucket; the checkpoint holds the plain model's keys. (About 30 s: inductor on CPU.)"""
+    done = cli("fit", "--recipe", "lenet5", "--nproc", "2", "--device", "cpu", "--set", "train.compile=on",
+               "--set", "train.iterations=4", "--set", "schedule.name=constant", "--workers", "0", "--no-progress",
+               "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 processes (gloo)" in done.stdout and "compiled" in done.stdout and "Traceback" not in done.stderr
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["step"] == 4 and not any("_orig_mod" in k or k.startswith("module.") for k in state["model"])
+
+
 def test_a_failing_rank_ends_the_job(tmp_path):
     import numpy as np
     from PIL import Image

@@ -193,7 +193,7 @@ def test_device_prefetch_is_the_loader_itself_off_cuda():
     assert ahead_to_device(batches, torch.device("cpu")) is batches
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (checked on a GPU machine only)")
+@pytest.mark.cuda  # skipped off CUDA by conftest; `pytest -m cuda` (scripts/gpu-check) selects it
 def test_device_prefetch_delivers_every_batch_on_the_gpu_in_order():
     from cnntrain.engine.device import ahead_to_device
 

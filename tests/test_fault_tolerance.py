@@ -266,6 +266,11 @@ def test_bad_requests_exit_2_with_one_line(tmp_path, capsys):
          "cannot resume from"),
         (["eval", tmp_path / "r20/best.pt", "--data", other], "was trained on 3 classes"),
         (["eval", lenet / "best.pt", "--crops", "5"], "--crops 5"),
+        (["fit", "--recipe", "lenet5", "--set", "train.save_every_steps=-5"], "train.save_every_steps must not be negative"),
+        (["fit", "--recipe", "lenet5", "--set", "train.keep_checkpoints=0"], "train.keep_checkpoints must be at least 1"),
+        (["fit", "--recipe", "lenet5", "--set", "train.watchdog=-1"], "train.watchdog must not be negative"),
+        (["fit", "--recipe", "lenet5", "--set", "data.max_pixels=-1"], "data.max_pixels must be at least 1"),
+        (["fit", "--recipe", "lenet5", "--set", "data.max_bad_fraction=2"], "data.max_bad_fraction must be in [0, 1]"),
     ]
     for args, fragment in cases:
         code, _, err = run_cli(args, capsys)

@@ -56,8 +56,9 @@ def test_damaged_checkpoints_are_passed_over_and_refused(tmp_path, capsys):
     data = bytearray((out / "last.pt").read_bytes())
     data[len(data) // 2] ^= 0x01  # one flipped bit: still a valid zip archive
     (out / "last.pt").write_bytes(bytes(data))
-    code, _, err = run_cli(["eval", out / "last.pt"], capsys)
-    one_line_error(code, err, "is damaged: its SHA-256 differs")
+    for args in (["eval", out / "last.pt"], ["predict", out / "last.pt", tmp_path],
+                 ["export", out / "last.pt", "--format", "safetensors", "--out", tmp_path / "x.st"]):
+        one_line_error(*run_cli(args, capsys)[::2], "is damaged: its SHA-256 differs")
     code, text, err = run_cli([*SHORT, "--out", out, "--resume", "auto", "--set", "train.save_every_steps=2"], capsys)
     assert code == 0, err
     assert f"passing over damaged {out / 'last.pt'}" in text and f"prev.pt at epoch 0, step {prev_step}" in text
@@ -81,6 +82,9 @@ def test_changed_recipe_refuses_to_resume_unless_forced(tmp_path, capsys):
     assert run_cli([*SHORT, "--out", out], capsys)[0] == 0
     code, _, err = run_cli([*SHORT, "--out", out, "--resume", "auto", "--lr", "0.1"], capsys)
     one_line_error(code, err, "the recipe differs in optim.lr 0.05 -> 0.1")
+    # what the dying-worker error advises: lower data.max_pixels, then --resume auto
+    code, _, err = run_cli([*SHORT, "--out", out, "--resume", "auto", "--set", "data.max_pixels=1000000"], capsys)
+    assert code == 0, err
     code, text, err = run_cli([*SHORT, "--out", out, "--resume", "auto", "--lr", "0.1", "--resume-force",
                                "--workers", "1", "--set", "train.save_every_steps=3"], capsys)
     assert code == 0 and "--resume-force" in text, err  # workers and save interval may differ freely
@@ -156,15 +160,34 @@ def test_mostly_unreadable_data_stops_the_run(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("sig", ["SIGSEGV", "SIGKILL"])
-def test_a_dying_loader_worker_ends_the_run_naming_its_file(tmp_path, sig):
+def test_a_dying_loader_worker_ends_the_run_naming_its_file(tmp_path, capsys, sig):
     root = write_image_folder(tmp_path / "data", size=(12, 12))
+    assert run_cli([*SHORT, "--data", root, "--out", tmp_path / "run"], capsys)[0] == 0  # a checkpoint to keep
     (root / "train" / "cat" / "poison.png").write_bytes((root / "train" / "cat" / "img1.png").read_bytes())
     start = time.monotonic()
-    proc = cli_process([*SHORT, "--data", root, "--workers", "2", "--out", tmp_path / "run"], CNNTRAIN_TEST_POISON=sig)
+    proc = cli_process([*SHORT, "--data", root, "--workers", "2", "--out", tmp_path / "run", "--resume", "auto",
+                        "--set", "train.iterations=12"], CNNTRAIN_TEST_POISON=sig)
     _, err = proc.communicate(timeout=120)
     assert time.monotonic() - start < 100  # exits: no worker left to join at interpreter exit
     one_line_error(proc.returncode, err.strip().splitlines()[-1] if err.strip() else "", "a data-loading process died")
     assert f"killed by {sig}) while decoding {root / 'train' / 'cat' / 'poison.png'}" in err
+    assert "then continue with --resume auto" in err
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] >= 6  # the latest checkpoint is intact (verified)
+
+
+def test_a_dying_loader_worker_ends_eval_and_predict_too(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "data", size=(12, 12))
+    assert run_cli([*SHORT, "--data", root, "--out", tmp_path / "run"], capsys)[0] == 0
+    poison = root / "val" / "cat" / "poison.png"
+    poison.write_bytes((root / "val" / "cat" / "img1.png").read_bytes())
+    for args in (["eval", tmp_path / "run" / "best.pt", "--data", root],
+                 ["predict", tmp_path / "run" / "best.pt", root / "val"]):
+        start = time.monotonic()
+        proc = cli_process([*args, "--workers", "2", "--batch-size", "1"], CNNTRAIN_TEST_POISON="SIGSEGV")
+        _, err = proc.communicate(timeout=120)
+        assert time.monotonic() - start < 100, args  # no worker left behind to hold the exit
+        one_line_error(proc.returncode, err.strip().splitlines()[-1] if err.strip() else "", "a data-loading process died")
+        assert f"killed by SIGSEGV) while decoding {poison}" in err and "run again" in err, err
 
 
 # --------------------------------------------------------------------------- hangs and schedulers
@@ -222,6 +245,34 @@ def test_a_rank_killed_mid_epoch_restarts_and_ends_bitwise_equal(tmp_path):
     assert equal_weights(tmp_path / "plain" / "last.pt", tmp_path / "killed" / "last.pt")
 
 
+def test_torchrun_max_restarts_resumes_the_restarted_group(tmp_path):
+    """torchrun's own agent (not fit --nproc): the restarted processes see
+    TORCHELASTIC_RESTART_COUNT > 0 and resume by themselves."""
+    tiny = [*ELASTIC[1:ELASTIC.index("--epochs")], "--epochs", "1", "--set", "train.save_every_steps=2",
+            "--device", "cpu", "--workers", "0", "--no-progress", "--out", str(tmp_path / "run")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "CNNTRAIN_TEST_KILL_AT": "3",
+           "PYTHONPATH": os.pathsep.join([str(HOOKS), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "--max-restarts", "1", "--monitor-interval", "0.1", "-m", "cnntrain", "fit", *tiny],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "last.pt at epoch 0, step 2 (2 into epoch 1)" in done.stdout  # rank 1 died before step 4
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 4
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process_with_a_note(tmp_path, capsys):
+    tiny = [*ELASTIC[:ELASTIC.index("--epochs")], "--device", "cpu", "--workers", "0", "--no-progress"]  # 4 steps an epoch
+    out = tmp_path / "run"
+    proc = cli_process([*tiny, "--epochs", "1", "--nproc", "2", "--out", out])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert load_checkpoint(out / "last.pt")["world"] == 2
+    code, text, err = run_cli([*tiny, "--epochs", "2", "--out", out, "--resume", "auto"], capsys)
+    assert code == 0, err
+    assert "written by 2 process(es), this run has 1" in text and "no longer bitwise comparable" in text
+    assert load_checkpoint(out / "last.pt")["step"] == 8
+
+
 # --------------------------------------------------------------------------- bad paths
 
 
@@ -230,6 +281,8 @@ def test_every_command_answers_a_bad_path_with_one_line(tmp_path, capsys):
     a_file.write_text("not a checkpoint")
     a_dir.mkdir()
     missing, unwritable = tmp_path / "missing", a_file / "sub"  # a path under a file can never be created
+    assert run_cli([*SHORT, "--out", tmp_path / "run"], capsys)[0] == 0
+    ck, image = tmp_path / "run" / "best.pt", write_image_folder(tmp_path / "images", per_class=1) / "train" / "cat" / "img0.jpg"
     cases = [
         (["fit", "--recipe", missing / "r.toml"], "does not exist"),
         (["fit", "--recipe", "lenet5", "--data", missing], "no such file or folder"),
@@ -248,6 +301,26 @@ def test_every_command_answers_a_bad_path_with_one_line(tmp_path, capsys):
         (["bench", "data", "--data", missing], str(missing)),
         (["bench", "decode", "--data", a_file], str(a_file)),
         (["bench", "make-jpegs", unwritable, "--count", "1"], str(unwritable)),
+        (["bench", "make-cifar", a_file, "--count", "5", "--test", "1"], "is a file, not a folder"),
+        (["bench", "make-cifar", unwritable, "--count", "5", "--test", "1"], f"{a_file} is a file, not a folder"),
+        (["bench", "train", "--recipe", "lenet5", "--device", "cpu", "--steps", "1", "--repeats", "1", "--warmup", "0",
+          "--batch-size", "4", "--json", unwritable / "b.json"], f"{a_file} is a file, not a folder"),
+        (["predict", missing, a_file], "does not exist"),
+        (["predict", ck, missing], "no such file or folder"),
+        (["predict", ck, image, "--csv", a_dir], "is a folder; give a file path"),
+        (["predict", ck, image, "--json", unwritable / "p.json"], f"{a_file} is a file, not a folder"),
+        (["eval", ck, "--json", unwritable / "e.json"], f"{a_file} is a file, not a folder"),
+        (["export", missing, "--format", "safetensors", "--out", tmp_path / "x.st"], "does not exist"),
+        (["export", ck, "--format", "safetensors", "--out", a_dir], "is a folder; give a file path"),
+        (["export", ck, "--format", "safetensors", "--out", unwritable / "x.st"], f"{a_file} is a file, not a folder"),
+        (["plot", missing], str(missing)),
+        (["plot", tmp_path / "run", "--out", a_dir], "is a folder; give a file path"),
+        (["runs", missing], "is not a folder"),
+        (["runs", a_file], "is not a folder"),
+        (["data", "check", a_file], "is a file, not a folder"),
+        (["data", "check", missing], "no such folder"),
+        (["data", "imagenet-val", missing, "--labels", missing / "l.csv"], "no such file"),
+        (["data", "imagenet-val", a_dir, "--labels", a_file, "--out", a_file], "is a file, not a folder"),
     ]
     wrong = []
     for args, fragment in cases:

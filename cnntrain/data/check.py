@@ -69,7 +69,8 @@ def _size_stats(sizes: list[tuple[int, int]]) -> dict[str, Any]:
 def check_root(root: Path, progress: bool = True) -> dict[str, Any]:
     """Every finding for ``root``: {'splits': {...}, 'problems': [...]}."""
     if not root.is_dir():
-        raise CnnTrainError(f"data check {root}: no such folder; give a root holding train/CLASS/IMAGE files")
+        what = "is a file, not a folder" if root.exists() else "no such folder"
+        raise CnnTrainError(f"data check {root}: {what}; give a root holding train/CLASS/IMAGE files")
     if not (root / "train").is_dir():
         raise CnnTrainError(f"data check {root}: no train/ folder; expected {root}/train/CLASS/IMAGE "
                             "(and val/CLASS/IMAGE)")

@@ -73,7 +73,8 @@ def _read_ground_truth(path: Path) -> dict[str, str]:
 
 def _flat_images(val_dir: Path) -> dict[str, Path]:
     if not val_dir.is_dir():
-        raise CnnTrainError(f"{val_dir}: no such folder; give the flat folder of ILSVRC2012_val_*.JPEG files")
+        what = "is a file, not a folder" if val_dir.exists() else "no such folder"
+        raise CnnTrainError(f"{val_dir}: {what}; give the flat folder of ILSVRC2012_val_*.JPEG files")
     return {p.stem: p for p in sorted(val_dir.iterdir()) if p.is_file() and not p.name.startswith(".")}
 
 

@@ -8,10 +8,11 @@ and sharded (padded to equal shards, as DistributedSampler does); the validation
 sharded without padding (``indices[rank::world]``) and the processes add up their
 counts, so every sample is counted exactly once.
 
-A loader worker that dies (a signal from a native decoder or the OOM killer) ends the run
-through :func:`workers_guarded` with a one-line error naming the file it was decoding
-(:mod:`cnntrain.data.inflight`), and on every way out the workers are stopped, so the
-process always exits.
+A loader worker that dies (a signal from a native decoder or the OOM killer) ends the
+command with a one-line error naming the file it was decoding (:mod:`cnntrain.data.inflight`)
+and its other workers are killed, so the process always exits: every loader of
+:func:`make_loader` does this itself (fit, eval, predict, data check, bench alike), and
+:func:`workers_guarded` adds fit's advice and stops the workers on every way out.
 """
 from __future__ import annotations
 
@@ -80,14 +81,58 @@ def _worker_init(folder: str, worker_id: int) -> None:
             signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
-class _Loader(DataLoader):
-    """A DataLoader that remembers its latest iterator, so its workers can be found
-    (for the error) and stopped (at exit) even when it does not keep them across epochs."""
+class WorkerDied(CnnTrainError):
+    """A loader worker died (see :func:`_raise_if_dead`)."""
+
+
+def _raise_if_dead(loader: DataLoader, exc: RuntimeError) -> None:
+    """Turn torch's "DataLoader worker exited unexpectedly" into a one-line error, after
+    killing the loader's other workers: they ignore SIGTERM (see _worker_init), so left
+    alone they would hold interpreter exit for ever."""
+    dead = inflight.worker_death(loader, exc)
+    if dead:
+        inflight.shutdown(loader)
+        raise WorkerDied(f"a data-loading process died: {dead}. A native decoder may have crashed on that file: "
+                         "move it out of the data folder (or lower data.max_pixels) and run again") from None
+
+
+class _Guarded:
+    """A loader's iterator whose worker deaths become :class:`WorkerDied`; anything else
+    (``_shutdown_workers``, ``len``) is the wrapped iterator's."""
+
+    def __init__(self, loader: DataLoader, inner) -> None:
+        self._loader, self._inner = loader, inner
 
     def __iter__(self):
-        iterator = super().__iter__()
+        return self
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    def __next__(self):
+        try:
+            return next(self._inner)
+        except RuntimeError as exc:
+            _raise_if_dead(self._loader, exc)
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
+class _Loader(DataLoader):
+    """A DataLoader that remembers its latest iterator, so its workers can be found
+    (for the error) and stopped (at exit) even when it does not keep them across epochs,
+    and whose iterators are guarded against dying workers."""
+
+    def __iter__(self):
+        try:
+            iterator = super().__iter__()  # restarting persistent workers can meet a dead one too
+        except RuntimeError as exc:
+            _raise_if_dead(self, exc)
+            raise
         self._cnntrain_iterator = iterator
-        return iterator
+        return _Guarded(self, iterator)
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, workers: int, sampler=None,
@@ -120,18 +165,12 @@ def make_loader(dataset: Dataset, batch_size: int, *, workers: int, sampler=None
 
 @contextmanager
 def workers_guarded(*loaders: DataLoader | None) -> Iterator[None]:
-    """A dead loader worker becomes a one-line error naming its file; the workers of
-    ``loaders`` are stopped on every way out."""
+    """For fit: a dead loader worker's one-line error also says how to continue; the
+    workers of ``loaders`` are stopped on every way out."""
     try:
         yield
-    except RuntimeError as exc:
-        for loader in loaders:
-            dead = inflight.worker_death(loader, exc) if loader is not None else None
-            if dead:
-                raise CnnTrainError(
-                    f"a data-loading process died: {dead}. A native decoder may have crashed on that file: "
-                    "move it out of the data folder (or lower data.max_pixels), then continue with --resume auto") from None
-        raise
+    except WorkerDied as exc:
+        raise CnnTrainError(str(exc).replace(" and run again", ", then continue with --resume auto")) from None
     finally:
         for loader in loaders:
             if loader is not None:

@@ -134,7 +134,9 @@ def _crop_reason(recipe: Recipe) -> str | None:
     if crop_policy(recipe, crop).resident_base() is not None:
         return None
     fixed = [name for name in CROPS if crop_policy(recipe, name).resident_base() is not None]
-    return f'augment.crop = "{crop}" resizes every image differently; device-resident data takes {" or ".join(fixed)}'
+    how = ("resizes each image to its shorter side augment.resize before the crop" if crop == "random"
+           else "resizes every image differently")
+    return f'augment.crop = "{crop}" {how}; device-resident data needs one fixed base for all images and takes {" or ".join(fixed)}'
 
 
 def resident_view(recipe: Recipe) -> ResidentView:

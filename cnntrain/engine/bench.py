@@ -61,6 +61,7 @@ from cnntrain.engine.modelbuild import model_from_recipe
 from cnntrain.engine.optim import LRSchedule
 from cnntrain.engine.options import BenchDataOptions, BenchDecodeOptions, BenchTrainOptions
 from cnntrain.errors import CnnTrainError
+from cnntrain.output import output_folder
 from cnntrain.recipe import Recipe, load_recipe
 
 # --------------------------------------------------------------------------- make-jpegs
@@ -100,6 +101,7 @@ def make_jpegs(out: Path, count: int = 1000, classes: int = 10, val: int = 0, si
     """Write ``count`` training JPEGs (and ``val`` validation ones) as OUT/train/classK/*.jpg."""
     if count < 1 or classes < 1:
         raise CnnTrainError("--count and --classes must be at least 1")
+    output_folder(Path(out), "bench make-jpegs")
     rng = np.random.default_rng(seed)
     total_bytes = 0
     for split, n in (("train", count), ("val", val)):

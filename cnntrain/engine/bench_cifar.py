@@ -6,7 +6,12 @@
   ``CIFAR10`` dataset + ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip()`` +
   ``ToTensor()`` + ``Normalize()`` in a ``DataLoader(shuffle=True)`` with the loader
   workers the per-sample path would use. Both end holding the normalised float batch on
-  the device and read it once. Contenders alternate; medians are reported.
+  the device and read it once. Contenders alternate; medians are reported. On CPU the
+  resident contender is timed with one intra-op thread, as each baseline worker runs
+  (torch gives DataLoader workers one): its few whole-batch ops in the main process
+  otherwise wait at the thread pool's barrier whenever the cores are shared (measured
+  0.9x-3.5x with torch's default 2 threads at load 10 on 2 cores, 10.7x-13.9x with 1;
+  BENCHMARKS.md). The threads are restored afterwards.
 - ``bench make-cifar OUT``: a CIFAR-10 root in the official python-pickle layout, of
   random pixels (a data pipeline's cost does not depend on what the pixels show), that
   both cnntrain's reader and torchvision's read.
@@ -14,6 +19,7 @@
 from __future__ import annotations
 
 import pickle
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,7 @@ from cnntrain.engine import factory
 from cnntrain.engine.device import prepare_process, resolve_device
 from cnntrain.engine.options import BenchDataOptions
 from cnntrain.errors import CnnTrainError
+from cnntrain.output import output_folder
 from cnntrain.recipe import load_recipe
 
 # The baseline's view (32x32 crop of the 4-pixel zero-padded image, flip), whatever the
@@ -43,7 +50,7 @@ def make_cifar(out: Path, count: int = 50_000, test: int = 10_000, seed: int = 0
     if count < 5 or test < 1:
         raise CnnTrainError("--count must be at least 5 (five training batches) and --test at least 1")
     rng = np.random.default_rng(seed)
-    folder = out / CIFAR10_DIR
+    folder = output_folder(Path(out), "bench make-cifar") / CIFAR10_DIR
     folder.mkdir(parents=True, exist_ok=True)
     sizes = [count // 5 + (i < count % 5) for i in range(5)]
     for name, n in [*zip(CIFAR10_TRAIN, sizes), ("test_batch", test)]:
@@ -74,6 +81,18 @@ def _baseline_loader(root: Path, recipe, mean, std, batch_size: int, workers: in
     base_set = _Cifar10AnyFiles(str(root), train=True, transform=reference)
     return torch.utils.data.DataLoader(base_set, batch_size=batch_size, shuffle=True, num_workers=workers,
                                        pin_memory=pin)
+
+
+@contextmanager
+def _intra_op_threads(count: int | None):
+    """``torch.set_num_threads(count)`` inside the block (nothing when None), restored after."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def bench_data_cifar(opts: BenchDataOptions, time_loader, median) -> dict[str, Any]:
@@ -109,13 +128,17 @@ def bench_data_cifar(opts: BenchDataOptions, time_loader, median) -> dict[str, A
         return int(x.shape[0])
 
     ours, base = [], []
+    threads = 1 if dev.type == "cpu" else None  # as each baseline worker runs (see the module docstring)
     for _ in range(opts.repeats):
         base.append(time_loader(base_loader, base_consume, batches, warmup))
-        ours.append(time_loader(ours_loader, ours_consume, batches, warmup))
+        with _intra_op_threads(threads):
+            ours.append(time_loader(ours_loader, ours_consume, batches, warmup))
+            used = torch.get_num_threads()
     result = {"ours_images_per_s": median(ours), "baseline_images_per_s": median(base), "ours_runs": ours,
               "baseline_runs": base, "workers": workers, "batch_size": batch_size, "batches": batches,
               "device": str(dev), "images_in_folder": len(bundle.train), "crop": f"pad {recipe.data.train_size}",
-              "recipe": recipe.name, "pipeline": "device-resident"}
+              "recipe": recipe.name, "pipeline": "device-resident",
+              "ours_threads": used}
     result["ratio"] = result["ours_images_per_s"] / result["baseline_images_per_s"]
     _print(result, opts)
     return result
@@ -127,6 +150,7 @@ def _print(r: dict[str, Any], opts: BenchDataOptions) -> None:
           f"{r['batches']} timed batches x {opts.repeats} rounds, {r['device']}")
     print(f"  baseline  torchvision CIFAR10 + RandomCrop(32, padding=4) + flip + ToTensor + Normalize, "
           f"{r['workers']} loader workers: {r['baseline_images_per_s']:9.1f} images/s  (runs: {runs['baseline']})")
-    print(f"  cnntrain  device-resident uint8, one indexing op for crop + flip, normalise on the device, no workers: "
-          f"{r['ours_images_per_s']:9.1f} images/s  (runs: {runs['ours']})")
+    threads = f", {r['ours_threads']} intra-op thread{'s' if r['ours_threads'] != 1 else ''}"
+    print(f"  cnntrain  device-resident uint8, one indexing op for crop + flip, normalise on the device, no workers"
+          f"{threads}: {r['ours_images_per_s']:9.1f} images/s  (runs: {runs['ours']})")
     print(f"  ratio     {r['ratio']:.2f}x")

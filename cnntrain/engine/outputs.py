@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from cnntrain.engine.metrics import topk_hits
 from cnntrain.errors import CnnTrainError
+from cnntrain.output import output_file
 
 KEYS = ("logits", "probs", "labels", "ids", "classes")
 
@@ -54,7 +55,7 @@ class Scores:
         return out
 
     def save(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = output_file(path, "scores file")
         np.savez_compressed(path, logits=self.logits, probs=self.probs, labels=self.labels,
                             ids=np.array(self.ids, dtype=str), classes=np.array(self.classes, dtype=str))
 

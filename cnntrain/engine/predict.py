@@ -25,6 +25,7 @@ from cnntrain.engine.device import prepare_cuda, resolve_device
 from cnntrain.engine.evaluate import load_member, member_scores
 from cnntrain.engine.paperline import accuracy_ks
 from cnntrain.errors import CnnTrainError
+from cnntrain.output import output_file
 
 
 @dataclass(kw_only=True)
@@ -124,8 +125,7 @@ def predict(opts: PredictOptions) -> dict[str, Any]:
 def write_csv(result: dict[str, Any], path: str) -> None:
     """One row per file: path, class1, prob1, ... classK, probK, error."""
     k = result["topk"]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
+    with open(output_file(path, "--csv"), "w", newline="") as fh:
         out = csv.writer(fh)
         out.writerow(["path", *(f"{c}{i}" for i in range(1, k + 1) for c in ("class", "prob")), "error"])
         for row in result["predictions"]:

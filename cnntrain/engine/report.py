@@ -37,6 +37,7 @@ from cnntrain import plots
 from cnntrain.engine.options import EnsembleOptions
 from cnntrain.engine.outputs import Collector, Scores, combine, load_scores, sample_ids
 from cnntrain.engine.paperline import accuracy_ks, accuracy_text
+from cnntrain.output import output_folder
 from cnntrain.recipe import Recipe
 from cnntrain.runs import read_metrics
 
@@ -173,8 +174,7 @@ def write_report(scores: Scores, out: str | Path, k: int, title: str, headline: 
                  run_dir: Path | None = None, recipe_toml: str | None = None) -> dict[str, Any]:
     """Write every file of the report into ``out``; returns ``ece``, ``nll``, ``brier``
     and ``report`` (the folder) for the command's JSON."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out, "report folder")
     n = len(scores.classes)
     rows = per_class(scores, k)
     files = {"per_class": "per_class.csv"}

@@ -19,9 +19,10 @@ import torch
 
 from cnntrain.errors import CnnTrainError
 
-# Keys that never change the trained weights: bookkeeping, limits that only stop a run,
-# and the paper's citation.
-FREE = {"name", "data.workers", "data.strict", "data.max_bad_fraction", "train.save_every_steps",
+# Keys that never change the trained weights: bookkeeping, limits that only stop a run or
+# skip a file that cannot be decoded safely (data.max_pixels: the dying-worker error advises
+# lowering it and resuming), and the paper's citation.
+FREE = {"name", "data.workers", "data.strict", "data.max_bad_fraction", "data.max_pixels", "train.save_every_steps",
         "train.keep_checkpoints", "train.watchdog", "train.requeue", "train.dist_timeout",
         "train.epochs", "train.iterations"}
 FREE_SECTIONS = ("paper.",)
