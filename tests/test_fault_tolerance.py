@@ -94,7 +94,8 @@ def test_sigterm_mid_epoch_saves_within_one_step_and_resumes_there(tmp_path, ref
     out = tmp_path / "term"
     proc = cli_process([*LENET, "--out", out])
     wait_for_line(proc, "fit lenet5")
-    time.sleep(0.3)
+    # At once: a quiet machine trains the 45-step epoch in under 0.3 s, and a signal at the
+    # epoch's end is a different stop ("at the end of epoch 1").
     proc.send_signal(signal.SIGTERM)
     text, _ = proc.communicate(timeout=60)
     assert proc.returncode == 75, text
@@ -277,3 +278,24 @@ def test_bad_requests_exit_2_with_one_line(tmp_path, capsys):
         assert code == 2, (args, err)
         assert fragment in err, (fragment, err)
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_run_cut_short_by_iterations_extends_with_more_iterations(tmp_path, capsys):
+    """train.iterations = 3 ends inside epoch 1; resuming with 6 finishes steps 4-6 of the
+    same epoch (not "the run is complete"), bitwise equal to 6 steps in one go."""
+    base = ["fit", "--recipe", "lenet5", "--workers", "0", "--no-progress", "--set", "schedule.name=step",
+            "--set", "schedule.step_size=2"]
+    code, out, err = run_cli([*base, "--out", tmp_path / "cut", "--set", "train.iterations=3"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli([*base, "--out", tmp_path / "cut", "--set", "train.iterations=6", "--resume", "auto"],
+                             capsys)
+    assert code == 0, err + out
+    assert "is complete" not in out and "(3 into epoch 1)" in out
+    code, out, err = run_cli([*base, "--out", tmp_path / "whole", "--set", "train.iterations=6"], capsys)
+    assert code == 0, err
+    cut, whole = (load_checkpoint(tmp_path / run / "last.pt") for run in ("cut", "whole"))
+    assert (cut["step"], cut["epoch"], cut["epoch_step"]) == (6, 0, 6)
+    for name, tensor in whole["model"].items():
+        assert torch.equal(tensor, cut["model"][name]), name
+    records = [line for line in (tmp_path / "cut/metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert len(records) == 1 and '"epoch_steps": 6' in records[0]  # the 3-step record replaced

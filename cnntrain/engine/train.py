@@ -162,7 +162,7 @@ class Trainer:
                 record = self._end_epoch(log, lr, seen, time.perf_counter() - start)
         if self.guards.skipped:
             print(f"skipped {len(self.guards.skipped)} unreadable file(s); paths in {self.out / 'skipped.txt'}")
-        return {"out": str(self.out), "epochs": p.epoch, "steps": p.step, "best_top1": p.best_top1, **record}
+        return {"out": str(self.out), "epochs": p.epoch + (p.epoch_step > 0), "steps": p.step, "best_top1": p.best_top1, **record}
 
     def _train_step(self, images: torch.Tensor, target: torch.Tensor, lr: float) -> int:
         """One optimiser step; returns the images it trained on (0 for a skipped step)."""
@@ -257,9 +257,15 @@ class Trainer:
                   "images_per_s": seen * self.env.world / max(elapsed, 1e-9), "epoch_time_s": elapsed}
         if mixes(self.recipe.augment):  # mixed targets: train_top1 counts each row's larger share
             record["train_top1_target"] = "dominant"
-        p.epoch += 1
-        p.epoch_step = 0
-        last_epoch = p.epoch == self.epochs or p.step >= self.total_steps
+        # train.iterations can end the run inside an epoch: that epoch stays open (its
+        # position kept), so a resume with more iterations finishes it rather than
+        # finding the run "complete". Its record carries the steps it got.
+        partial = p.epoch_step < self.steps_per_epoch
+        if partial:
+            record["epoch_steps"] = p.epoch_step
+        else:
+            p.epoch, p.epoch_step = p.epoch + 1, 0
+        last_epoch = partial or p.epoch == self.epochs or p.step >= self.total_steps
         if p.epoch % self.recipe.train.eval_every == 0 or last_epoch:
             record.update(self.validate())
         top1 = record.get("val_top1")
@@ -270,7 +276,7 @@ class Trainer:
             p.best_top1 = top1 if improved else p.best_top1
         p.amp_skipped = int(p.amp_skipped)
         # the data's kind and classes: `cnntrain runs` lays the paper's number beside its own data only
-        record = {"epoch": p.epoch, "step": p.step, **record, "data": {"kind": self.data.kind,
+        record = {"epoch": p.epoch + partial, "step": p.step, **record, "data": {"kind": self.data.kind,
                                                                       "classes": self.data.num_classes},
                   "skipped": len(self.guards.skipped) - self.skipped_before_epoch,
                   "nonfinite_skipped": p.nonfinite_skipped, "amp_skipped": p.amp_skipped}
