@@ -34,9 +34,10 @@ COLORS = plt.get_cmap("tab10").colors
 
 
 def _save(fig: plt.Figure, path: str | Path) -> None:
-    path = output_file(path, "chart")
-    fig.savefig(path, dpi=DPI, format="png")
-    plt.close(fig)
+    try:  # a refused path must not leave the figure open (matplotlib keeps every one)
+        fig.savefig(output_file(path, "chart"), dpi=DPI, format="png")
+    finally:
+        plt.close(fig)
 
 
 # --------------------------------------------------------------------------- labels

@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 
 from cnntrain.data import BatchPrep
 from cnntrain.engine import distributed
+from cnntrain.engine.checkpoint import unwrap
 from cnntrain.engine.launch import check_launch, failure_error
 from cnntrain.engine.device import Precision
 from cnntrain.engine.step import FitStep
@@ -54,7 +55,7 @@ def one_step(env: distributed.DistEnv, images, target, accumulate: int):
     step = FitStep(model, opt, torch.amp.GradScaler("cpu", enabled=False), BatchPrep(MEAN, STD, torch.device("cpu")),
                    Precision(None, False), torch.device("cpu"), accumulate=accumulate, env=env)
     _, _, loss = step(images, target)
-    bare = distributed.eval_model(model)
+    bare = unwrap(model)
     return loss, {n: p.grad.clone() for n, p in bare.named_parameters()}, bare.state_dict()
 
 

@@ -180,11 +180,6 @@ def wrap_model(model: nn.Module, env: DistEnv, device: torch.device, strategy: s
                                    find_unused_parameters=skips_parameters(model))
 
 
-def eval_model(model: nn.Module) -> nn.Module:
-    """The module to evaluate: DDP's inner module (evaluation needs no gradient sync)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def maybe_no_sync(model: nn.Module, sync: bool):
     """DDP's ``no_sync`` for micro-batches that only accumulate gradients."""
     if sync or not hasattr(model, "no_sync"):

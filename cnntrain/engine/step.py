@@ -111,7 +111,8 @@ class FitStep:
         seeds the model's drop decisions (the same on every process); ``stop`` is this
         process's stop request, shared with the others in the loss's collective."""
         if step is not None:
-            drops.reseed(self.seed, step, self.model)
+            # the buffers of draws only a compiled forward reads (eager draws its own)
+            drops.reseed(self.seed, step, self.model if self.compiled is not None else None)
         self.optimizer.zero_grad(set_to_none=True)
         n = int(target.shape[0])
         parts = min(self.accumulate, n)

@@ -37,7 +37,7 @@ from cnntrain.data import DataBundle, build_data, default_workers, gpudecode, re
 from cnntrain.data.loaders import gpu_decode_loader, workers_guarded
 from cnntrain.data.views import progressive_size
 from cnntrain.engine import collectives, distributed, factory, requeue, runfolder
-from cnntrain.engine.checkpoint import model_meta
+from cnntrain.engine.checkpoint import model_meta, unwrap
 from cnntrain.engine.device import ahead_to_device, seed_everything
 from cnntrain.engine.evaluate import evaluate, fp32_head_during
 from cnntrain.engine.guards import EXIT_NONFINITE, Guards, NonFiniteLoss, stopped  # noqa: F401 - re-exported
@@ -302,7 +302,10 @@ class Trainer:
             return {}
         ks = self._ks()[0]
         ema = self.parts.ema
-        model = ema.module if ema is not None else distributed.eval_model(self.model)
+        # The bare model, outside DDP (no gradient sync) and DataParallel: the fp32 head is
+        # patched on the module, and DataParallel's replicas would copy that patch and run
+        # the lead GPU's head (--strategy dp validates on the lead GPU).
+        model = ema.module if ema is not None else unwrap(self.model)
         # The classifier in fp32, as `cnntrain eval` computes it: best.pt is chosen on the
         # same logits the paper comparison later reads.
         with fp32_head_during(model, self.data.num_classes):
