@@ -10,12 +10,12 @@ from typing import Any
 from cnntrain.errors import CnnTrainError
 
 
-def _check_ancestors(path: Path, what: str) -> None:
+def _check_ancestors(path: Path, what: str, fix: str = "give a path in a folder") -> None:
     """Refuse a path under a file (nothing could ever be created there), naming that file."""
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise CnnTrainError(f"{what} {path}: {parent} is a file, not a folder; give a path in a folder")
+                raise CnnTrainError(f"{what} {path}: {parent} is a file, not a folder; {fix}")
             return
 
 
@@ -42,7 +42,7 @@ def output_folder(path: str | Path, what: str = "output folder", create: bool = 
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise CnnTrainError(f"{what} {path} is a file, not a folder; give a folder path")
-    _check_ancestors(path, what)
+    _check_ancestors(path, what, "give a folder path")
     if create:
         _make_folder(path, what, path)
     return path

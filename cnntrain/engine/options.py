@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnntrain.errors import CnnTrainError
+from cnntrain.output import output_folder
 
 SPLITS = ("val", "train")
 COMBINES = ("prob", "logit")
@@ -63,19 +64,6 @@ def _check_npz(flag: str, path: str | None) -> None:
         raise CnnTrainError(f"{flag} {path}: give a file name ending in .npz")
 
 
-def _check_report(path: str | None) -> None:
-    """``--report`` must be able to become a folder: checked before any data work, so a
-    long evaluation does not end in "File exists"."""
-    if path is None:
-        return
-    target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise CnnTrainError(f"--report {path} is a file; give a folder")
-    above = next((p for p in target.parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        raise CnnTrainError(f"--report {path}: {above} is a file; give a folder")
-
-
 @dataclass(kw_only=True)
 class ViewOptions:
     """What evaluation and ensembling share: the data, how it is viewed and counted, and
@@ -111,7 +99,8 @@ class EvalOptions(ViewOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_npz("--save-logits", self.save_logits)
-        _check_report(self.report)
+        if self.report:  # before any data work: a long evaluation must not end in "File exists"
+            output_folder(self.report, "--report", create=False)
         if (self.report or self.save_logits) and self.nproc > 1:
             raise CnnTrainError("--report and --save-logits read every image in one process; drop --nproc")
         if self.protocol is not None and self.crops is not None:
@@ -133,7 +122,8 @@ class EnsembleOptions(ViewOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_report(self.report)
+        if self.report:  # before any data work: a long evaluation must not end in "File exists"
+            output_folder(self.report, "--report", create=False)
         if len(self.checkpoints) < 2:
             raise CnnTrainError(f"an ensemble needs at least two {'.npz files' if self.saved else 'checkpoints'}")
         for path in self.checkpoints if self.saved else []:
