@@ -82,7 +82,13 @@ def _worker_init(folder: str, worker_id: int) -> None:
 
 
 class WorkerDied(CnnTrainError):
-    """A loader worker died (see :func:`_raise_if_dead`)."""
+    """A loader worker died (see :func:`_raise_if_dead`); ``then`` is what to do after
+    moving the file out (fit continues with --resume auto)."""
+
+    def __init__(self, dead: str, then: str = " and run again") -> None:
+        super().__init__(f"a data-loading process died: {dead}. A native decoder may have crashed on that file: "
+                         f"move it out of the data folder (or lower data.max_pixels){then}")
+        self.dead = dead
 
 
 def _raise_if_dead(loader: DataLoader, exc: RuntimeError) -> None:
@@ -92,8 +98,7 @@ def _raise_if_dead(loader: DataLoader, exc: RuntimeError) -> None:
     dead = inflight.worker_death(loader, exc)
     if dead:
         inflight.shutdown(loader)
-        raise WorkerDied(f"a data-loading process died: {dead}. A native decoder may have crashed on that file: "
-                         "move it out of the data folder (or lower data.max_pixels) and run again") from None
+        raise WorkerDied(dead) from None
 
 
 class _Guarded:
@@ -170,7 +175,7 @@ def workers_guarded(*loaders: DataLoader | None) -> Iterator[None]:
     try:
         yield
     except WorkerDied as exc:
-        raise CnnTrainError(str(exc).replace(" and run again", ", then continue with --resume auto")) from None
+        raise WorkerDied(exc.dead, ", then continue with --resume auto") from None
     finally:
         for loader in loaders:
             if loader is not None:
